@@ -1,0 +1,21 @@
+from __future__ import annotations
+
+import os
+
+from hypothesis import HealthCheck, settings
+
+# `fast` keeps the default run inside CI's budget on 2 cores; `deep` is for hunting:
+#   HYPOTHESIS_PROFILE=deep scripts/dev test
+settings.register_profile(
+    "fast",
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "deep",
+    max_examples=3000,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))

@@ -33,7 +33,7 @@ class TranslatorError(Exception):
         message: str,
         *,
         status: int | None = None,
-        type: str | None = None,  # noqa: A002 - the OpenAI field is called "type"
+        type: str | None = None,  # shadows the builtin on purpose: the OpenAI field is "type"
         param: str | None = None,
         code: str | None = None,
     ) -> None:

@@ -1,0 +1,127 @@
+"""The store's transaction plumbing and its two queues: automatic multi-turn exchanges and the
+conversation cleanup queue. `Store` (in `_store.py`) inherits these; split off only to keep each
+module about one thing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+from ._secrets import redact
+from ._store_records import Exchange, PendingDeletion
+
+__all__ = ["QueueMethods", "SqliteBase"]
+
+
+class SqliteBase:
+    """One connection, used one statement sequence at a time (a lock, because the relay may
+    call from a worker thread too), with short write transactions."""
+
+    _db: sqlite3.Connection
+    _lock: threading.Lock
+
+    @contextlib.contextmanager
+    def _write(self) -> Iterator[sqlite3.Connection]:
+        """One short write transaction; the write lock is taken up front so it cannot deadlock."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return self._db.execute(sql, params).fetchall()
+
+
+class QueueMethods(SqliteBase):
+    """Exchanges (automatic multi-turn) and pending conversation deletions."""
+
+    # -- exchanges (automatic multi-turn) ---------------------------------------------------
+
+    def save_exchange(
+        self,
+        key: str,
+        *,
+        account_id: str,
+        conversation_id: str,
+        parent_message_id: str,
+        dialect: str | None,
+        now: float,
+    ) -> None:
+        """Remember where the conversation identified by `key` continues."""
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO exchanges (key, account_id, conversation_id,"
+                " parent_message_id, dialect, updated_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (key, account_id, conversation_id, parent_message_id, dialect, now),
+            )
+
+    def find_exchange(self, key: str) -> Exchange | None:
+        rows = self._read(
+            "SELECT key, account_id, conversation_id, parent_message_id, dialect, updated_at"
+            " FROM exchanges WHERE key = ?",
+            (key,),
+        )
+        return Exchange(**dict(rows[0])) if rows else None
+
+    def prune_exchanges(self, *, older_than: float) -> int:
+        """Drop exchanges last used before `older_than`; returns how many."""
+        with self._write() as db:
+            return db.execute("DELETE FROM exchanges WHERE updated_at < ?", (older_than,)).rowcount
+
+    # -- pending conversation deletions -----------------------------------------------------
+
+    def schedule_deletion(
+        self, account_id: str, conversation_id: str, *, dialect: str | None, due_at: float
+    ) -> None:
+        """Queue a conversation for deletion at `due_at` (re-scheduling resets attempts)."""
+        with self._write() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO pending_deletions (conversation_id, account_id, dialect,"
+                " due_at, attempts, last_error) VALUES (?, ?, ?, ?, 0, NULL)",
+                (conversation_id, account_id, dialect, due_at),
+            )
+
+    def due_deletions(self, now: float, *, limit: int = 50) -> list[PendingDeletion]:
+        """Queued deletions whose time has come, earliest first."""
+        rows = self._read(
+            "SELECT account_id, conversation_id, dialect, due_at, attempts, last_error"
+            " FROM pending_deletions WHERE due_at <= ? ORDER BY due_at LIMIT ?",
+            (now, limit),
+        )
+        return [PendingDeletion(**dict(row)) for row in rows]
+
+    def mark_deleted(self, conversation_id: str) -> None:
+        """The conversation is gone (or given up on): drop it from the queue."""
+        with self._write() as db:
+            db.execute(
+                "DELETE FROM pending_deletions WHERE conversation_id = ?", (conversation_id,)
+            )
+
+    def reschedule(self, conversation_id: str, *, now: float, backoff: float, error: str) -> None:
+        """A deletion failed: try again `backoff` seconds from now (the caller grows it from
+        `PendingDeletion.attempts`) and count the attempt."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE pending_deletions SET due_at = ?, attempts = attempts + 1,"
+                " last_error = ? WHERE conversation_id = ?",
+                (now + backoff, redact(error)[:500], conversation_id),
+            )
+
+    def cancel_deletion(self, conversation_id: str) -> bool:
+        """The client continues the conversation: keep it. True when one was queued."""
+        with self._write() as db:
+            return (
+                db.execute(
+                    "DELETE FROM pending_deletions WHERE conversation_id = ?", (conversation_id,)
+                ).rowcount
+                > 0
+            )

@@ -1,0 +1,175 @@
+"""The loopback relay: the HTTP routes the proxy serves (see docs/architecture.md for why a relay).
+
+mitmproxy routes every request it serves here; only requests carrying this process's secret
+header are accepted, so no other local program can use the relay as a door to the accounts.
+Every response carries CORS headers, so browser clients work too.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from translator import LocalProtocolError, TranslatorError
+from translator._models import model_list
+
+from ._accounts import AccessDenied, AccountPool, AuthFailed, TransientFailure
+from ._chat import ChatService, ChatStats
+from ._kimi import call_counter
+from ._reply import JsonReply, Reply, SseReply, error_response, json_response
+from ._secrets import verify_admin
+
+__all__ = ["RELAY_SECRET_HEADER", "build_app"]
+
+log = logging.getLogger("kimi_free_api")
+
+RELAY_SECRET_HEADER = "x-kimi-free-api-relay"
+
+CORS_HEADERS = {
+    "access-control-allow-origin": "*",
+    "access-control-allow-methods": "GET, POST, OPTIONS",
+    "access-control-allow-headers": "authorization, content-type, openai-organization, "
+    "openai-project, x-stainless-*, *",
+    "access-control-max-age": "86400",
+}
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _openai_error(status: int, message: str, *, type_: str, code: str | None) -> web.Response:
+    error = TranslatorError(message, status=status, type=type_, code=code)
+    return error_response(error)
+
+
+def _bearer(request: web.Request) -> str:
+    value = request.headers.get("authorization", "")
+    scheme, _, credentials = value.partition(" ")
+    return credentials.strip() if scheme.lower() == "bearer" else ""
+
+
+def build_app(
+    *,
+    secret: str,
+    chat: ChatService,
+    pool: AccountPool,
+    wall_clock: Callable[[], float],
+    admin_key_hash: str | None,
+) -> web.Application:
+    @web.middleware
+    async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+        given = request.headers.get(RELAY_SECRET_HEADER, "")
+        if not hmac.compare_digest(given.encode(), secret.encode()):
+            return _openai_error(403, "forbidden", type_="permission_error", code="forbidden")
+        if request.method == "OPTIONS":
+            return web.Response(status=204, headers=CORS_HEADERS)
+        started = time.monotonic()
+        counter = [0]
+        token = call_counter.set(counter)
+        stats = ChatStats()
+        request["stats"] = stats
+        try:
+            response = await handler(request)
+        except web.HTTPException as exc:
+            response = _openai_error(
+                exc.status, exc.reason, type_="invalid_request_error", code=None
+            )
+        finally:
+            call_counter.reset(token)
+        if not response.prepared:
+            response.headers.update(CORS_HEADERS)
+        stats.upstream_calls = counter[0]
+        ttfb = (
+            f"{(stats.first_byte_at - started) * 1000:.0f}ms"
+            if stats.first_byte_at is not None
+            else "-"
+        )
+        log.info(
+            "%s %s status=%s model=%s dialect=%s account=%s ttfb=%s duration=%.0fms "
+            "upstream_calls=%d failovers=%d",
+            request.method,
+            request.path,
+            stats.status if request.path.endswith("/completions") else response.status,
+            stats.model,
+            stats.dialect,
+            "-" if stats.account_index is None else stats.account_index,
+            ttfb,
+            (time.monotonic() - started) * 1000,
+            stats.upstream_calls,
+            stats.failovers,
+        )
+        return response
+
+    async def chat_completions(request: web.Request) -> web.StreamResponse:
+        stats: ChatStats = request["stats"]
+        try:
+            body: Any = json.loads(await request.read())
+        except ValueError:
+            stats.status = 400
+            return error_response(
+                LocalProtocolError("the request body is not valid JSON", code="invalid_json")
+            )
+        stream = isinstance(body, dict) and body.get("stream") is True
+        reply: Reply = SseReply(request) if stream else JsonReply()
+        return await chat.complete(body, _bearer(request), reply, stats)
+
+    async def models(request: web.Request) -> web.StreamResponse:
+        return json_response(model_list(int(wall_clock())))
+
+    async def ping(request: web.Request) -> web.StreamResponse:
+        return web.Response(text="pong")
+
+    async def token_check(request: web.Request) -> web.StreamResponse:
+        try:
+            body = json.loads(await request.read())
+            token = body["token"]
+            if not isinstance(token, str) or not token:
+                raise TypeError
+        except (ValueError, KeyError, TypeError):
+            return error_response(
+                LocalProtocolError('expected {"token": "<refresh token>"}', param="token")
+            )
+        try:
+            accounts = pool.resolve(token)
+            for account in accounts:
+                await pool.access_token(account)
+        except (AccessDenied, AuthFailed):
+            return json_response({"live": False})
+        except TransientFailure as exc:
+            return _openai_error(
+                503, f"cannot reach Kimi to check the token: {exc}", type_="upstream_error",
+                code="upstream_unreachable",
+            )
+        return json_response({"live": True})
+
+    async def accounts(request: web.Request) -> web.StreamResponse:
+        if admin_key_hash is None or not verify_admin(_bearer(request), admin_key_hash):
+            return _openai_error(
+                401, "an admin key is required for /v1/accounts", type_="authentication_error",
+                code="invalid_api_key",
+            )
+        return json_response({"object": "list", "data": pool.describe()})
+
+    async def not_found(request: web.Request) -> web.StreamResponse:
+        return _openai_error(
+            404,
+            f"Unknown request URL: {request.method} {request.path}. "
+            "This proxy serves /v1/chat/completions, /v1/models, /token/check and /ping.",
+            type_="invalid_request_error",
+            code="unknown_url",
+        )
+
+    app = web.Application(middlewares=[guard], client_max_size=512 * 1024 * 1024)
+    for prefix in ("/v1", ""):
+        app.router.add_post(prefix + "/chat/completions", chat_completions)
+        app.router.add_get(prefix + "/models", models)
+    app.router.add_get("/v1/accounts", accounts)
+    app.router.add_post("/token/check", token_check)
+    app.router.add_get("/ping", ping)
+    app.router.add_route("*", "/{tail:.*}", not_found)
+    return app

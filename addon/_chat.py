@@ -1,0 +1,363 @@
+"""One chat completion, from a parsed OpenAI request to the last byte of the reply.
+
+Order of work, and why:
+1. plan (pure, may raise a 400 before anything touches Kimi);
+2. pick an account (least busy healthy one) and its access token;
+3. find the conversation: the client's `conversation_id`, a remembered exchange whose history
+   this request extends (automatic multi-turn), a pre-created one, or a new one;
+4. upload files, post the completion, translate the stream while it arrives; continue after a
+   `length` stop inside the same reply;
+5. remember the exchange for the next turn and schedule the conversation's deletion.
+
+Any failure before the first chunk reached the client may fail over to the next account; after
+it, the reply ends with an error event and `[DONE]` (see `_reply.py`). Every conversation this
+process created is handed to the keeper for deletion, also when the client hangs up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from aiohttp import web
+
+from translator import ChatPlan, LocalProtocolError, RemoteProtocolError, TranslatorError
+from translator._messages import flatten_messages
+from translator._request import plan_chat
+from translator._response import ResponseTranslator
+
+from ._accounts import AccessDenied, Account, AccountPool, AuthFailed, TransientFailure
+from ._conversations import ConversationKeeper, Resumption
+from ._dialects import Dialect, choose_dialect
+from ._fetch import FetchError
+from ._kimi import KimiClient
+from ._reply import JsonReply, Reply
+from ._upload import UploadedFile, UploadError, Uploader
+
+__all__ = ["ChatService", "ChatSettings", "ChatStats"]
+
+log = logging.getLogger("kimi_free_api")
+
+#: statuses where another account may do better (auth, quota, rate limits, overload)
+FAILOVER_STATUSES = frozenset({401, 402, 403, 429, 503})
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ChatSettings:
+    base_url: str
+    dialect: str = "auto"
+    conversation_ttl: float = 600.0
+    keepalive_interval: float = 15.0
+    #: no byte from Kimi for this long ends the reply with a 504-style error
+    stall_timeout: float = 120.0
+    max_continuations: int = 3
+    auto_continue: bool = True
+
+
+@dataclass(slots=True)
+class ChatStats:
+    """What the one log line per request reports (never a token, never message text)."""
+
+    model: str = "-"
+    dialect: str = "-"
+    account_index: int | None = None
+    status: int = 200
+    upstream_calls: int = 0
+    first_byte_at: float | None = None
+    failovers: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class _BeforeStart(Exception):
+    """A failure before the client saw a byte: the request may go to another account."""
+
+    def __init__(self, error: RemoteProtocolError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class ChatService:
+    def __init__(
+        self,
+        *,
+        kimi: KimiClient,
+        pool: AccountPool,
+        keeper: ConversationKeeper,
+        uploader: Uploader,
+        settings: ChatSettings,
+        wall_clock: Callable[[], float],
+        monotonic: Callable[[], float],
+    ) -> None:
+        self.kimi = kimi
+        self.pool = pool
+        self.keeper = keeper
+        self.uploader = uploader
+        self.settings = settings
+        self.wall_clock = wall_clock
+        self.monotonic = monotonic
+
+    async def complete(
+        self, body: Any, credentials: str, reply: Reply, stats: ChatStats
+    ) -> web.StreamResponse:
+        try:
+            if not isinstance(body, Mapping):
+                raise LocalProtocolError("the request body must be a JSON object", param=None)
+            plan = plan_chat(body)
+            stats.model = plan.model
+            accounts = self.pool.resolve(credentials)
+        except (LocalProtocolError, AccessDenied) as err:
+            error = err if isinstance(err, TranslatorError) else err.error
+            stats.status = error.status
+            return await reply.fail(error)
+        return await self._with_failover(plan, accounts, reply, stats)
+
+    async def _with_failover(
+        self, plan: ChatPlan, accounts: Sequence[Account], reply: Reply, stats: ChatStats
+    ) -> web.StreamResponse:
+        try:
+            lease = await self.pool.acquire(accounts)
+        except AccessDenied as err:
+            stats.status = err.error.status
+            return await reply.fail(err.error)
+        async with lease:
+            while True:
+                account = lease.account
+                stats.account_index = lease.index
+                try:
+                    result = await self._attempt(plan, account, reply, stats)
+                except _BeforeStart as exc:
+                    error = exc.error
+                    if error.status in FAILOVER_STATUSES and lease.fail_over(error):
+                        stats.failovers += 1
+                        reset = getattr(reply, "reset", None)
+                        if reset is not None:
+                            reset()
+                        continue
+                    self.pool.record_failure(account, error)
+                    stats.status = error.status
+                    return await reply.fail(error)
+                self.pool.mark_ok(account)
+                return result
+
+    async def _token(self, account: Account, *, force: bool = False) -> str:
+        if force:
+            self.pool.invalidate_access(account)
+        try:
+            return await self.pool.access_token(account)
+        except AuthFailed as exc:
+            raise _BeforeStart(
+                RemoteProtocolError(
+                    f"the Kimi account's token is no longer valid: {exc}",
+                    status=401,
+                    type="authentication_error",
+                    code="invalid_kimi_token",
+                )
+            ) from exc
+        except TransientFailure as exc:
+            raise _BeforeStart(
+                RemoteProtocolError(f"cannot refresh the Kimi token: {exc}", status=503)
+            ) from exc
+
+    async def _attempt(
+        self, plan: ChatPlan, account: Account, reply: Reply, stats: ChatStats
+    ) -> web.StreamResponse:
+        dialect = choose_dialect(self.settings.dialect, self.settings.base_url, account.dialect)
+        stats.dialect = dialect.name
+        token = await self._token(account)
+        resumption = self._resumption(plan, account)
+        if resumption is not None:
+            plan = resumption.plan
+        if isinstance(reply, JsonReply):
+            reply.prompt_text = plan.prompt
+        conversation_id = resumption.conversation_id if resumption else ""
+        parent_id = resumption.parent_id if resumption else ""
+        created_here = False
+        translator: ResponseTranslator | None = None
+        finished = False
+        try:
+            if not conversation_id and dialect.creates_conversation_first:
+                conversation_id = await self.keeper.open_conversation(
+                    account, dialect, token, plan.flags
+                )
+                created_here = True
+            files = await self._upload(plan, account, conversation_id)
+            translator = ResponseTranslator(
+                dialect.decoder(),
+                completion_id=conversation_id or None,
+                model=plan.model,
+                created=int(self.wall_clock()),
+                silent=plan.flags.silent,
+                include_usage=plan.include_usage,
+                prompt_text=plan.prompt,
+                max_continuations=self.settings.max_continuations,
+            )
+            call = dialect.completion_call(
+                plan, conversation_id=conversation_id, parent_id=parent_id, files=files
+            )
+            token = await self._stream(call, token, account, dialect, translator, reply, stats)
+            while (segment := translator.continuation_segment) is not None:
+                follow = dialect.continuation_call(conversation_id, segment, plan.flags)
+                if follow is None:
+                    break
+                translator.begin_continuation(dialect.decoder())
+                token = await self._stream(follow, token, account, dialect, translator, reply, stats)
+            if not conversation_id and translator.conversation_id:
+                conversation_id = translator.conversation_id
+                created_here = True
+            final = translator.close()
+            response = await reply.finish(final)
+            answer = reply.content
+            finished = True
+            if conversation_id and (self.settings.auto_continue or plan.conversation_id):
+                self.keeper.remember(
+                    account,
+                    dialect,
+                    messages=resumption.full_messages if resumption else plan.messages,
+                    answer=answer,
+                    conversation_id=conversation_id,
+                    parent_id=translator.last_message_id or "",
+                )
+            return response
+        except (FetchError, UploadError) as exc:
+            raise _BeforeStart(
+                RemoteProtocolError(
+                    str(exc), status=exc.status, type=exc.type, param=exc.param, code=exc.code
+                )
+            ) from exc
+        except RemoteProtocolError as err:
+            stats.status = err.status
+            if translator is not None and translator.conversation_id and not conversation_id:
+                conversation_id = translator.conversation_id
+                created_here = True
+            if (translator is None or not translator.started) and not reply.started:
+                raise _BeforeStart(err) from err
+            return await reply.fail(err)
+        finally:
+            if conversation_id:
+                # Errors, moderation stops and hang-ups end the conversation's use at once;
+                # a good reply keeps it for `conversation_ttl` so the next turn can continue it.
+                self.keeper.release(
+                    account, dialect, conversation_id, keep=finished, created_here=created_here
+                )
+
+    def _resumption(self, plan: ChatPlan, account: Account) -> Resumption | None:
+        if plan.conversation_id:
+            return self.keeper.resume_by_id(account, plan)
+        if self.settings.auto_continue and len(plan.messages) > 1:
+            found = self.keeper.find(account, plan.messages)
+            if found is not None:
+                conversation_id, parent_id, prefix = found
+                new_turns = plan.messages[prefix:]
+                new_plan = dataclasses.replace(
+                    plan,
+                    prompt=flatten_messages(new_turns),
+                    files=tuple(f for m in new_turns for f in m.files),
+                )
+                return Resumption(
+                    plan=new_plan,
+                    conversation_id=conversation_id,
+                    parent_id=parent_id,
+                    full_messages=plan.messages,
+                )
+        return None
+
+    async def _upload(
+        self, plan: ChatPlan, account: Account, conversation_id: str
+    ) -> list[UploadedFile]:
+        if not plan.files:
+            return []
+        return await self.uploader.upload_all(
+            account, plan.files, conversation_id=conversation_id or None
+        )
+
+    async def _stream(
+        self,
+        call: Any,
+        token: str,
+        account: Account,
+        dialect: Dialect,
+        translator: ResponseTranslator,
+        reply: Reply,
+        stats: ChatStats,
+    ) -> str:
+        """Post one streaming call and pump its answer into the reply. Returns the token in use
+        (it changes when a 401 made us refresh once)."""
+        retried = False
+        while True:
+            try:
+                async with self.kimi.stream(call, token=token, traffic_id=account.user_id) as resp:
+                    if resp.status_code >= 400 or _is_json(resp):
+                        body = await resp.aread()
+                        raise dialect.http_error(resp.status_code, body)
+                    await self._pump(resp, translator, reply, stats)
+                    return token
+            except RemoteProtocolError as err:
+                if err.status == 401 and not retried and not translator.started:
+                    retried = True
+                    token = await self._token(account, force=True)
+                    continue
+                raise
+
+    async def _pump(
+        self,
+        resp: httpx.Response,
+        translator: ResponseTranslator,
+        reply: Reply,
+        stats: ChatStats,
+    ) -> None:
+        queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=64)
+
+        async def read() -> None:
+            try:
+                # aiter_bytes undoes a content-encoding Kimi applied despite our `identity`.
+                async for data in resp.aiter_bytes():
+                    await queue.put(data)
+                await queue.put(None)
+            except Exception as exc:
+                await queue.put(exc)
+
+        reader = asyncio.get_running_loop().create_task(read())
+        interval = self.settings.keepalive_interval
+        silent_for = 0.0
+        try:
+            while True:
+                try:
+                    item = await asyncio.wait_for(queue.get(), interval)
+                except TimeoutError:
+                    silent_for += interval
+                    if silent_for >= self.settings.stall_timeout:
+                        raise RemoteProtocolError(
+                            f"Kimi sent nothing for {silent_for:.0f} s; giving up",
+                            status=504,
+                            code="upstream_stalled",
+                        ) from None
+                    if reply.started:
+                        await reply.keepalive()
+                    continue
+                silent_for = 0.0
+                if item is None:
+                    return
+                if isinstance(item, httpx.HTTPError):
+                    raise RemoteProtocolError(
+                        f"the connection to Kimi broke mid-answer: {type(item).__name__}",
+                        status=502,
+                        code="upstream_disconnected",
+                    ) from item
+                if isinstance(item, BaseException):
+                    raise item
+                chunks = translator.feed(item)
+                if chunks and stats.first_byte_at is None:
+                    stats.first_byte_at = self.monotonic()
+                await reply.send(chunks)
+        finally:
+            reader.cancel()
+
+
+def _is_json(resp: httpx.Response) -> bool:
+    # The legacy API answers some refusals with HTTP 200 and a JSON error body.
+    return resp.headers.get("content-type", "").startswith("application/json")

@@ -1,0 +1,282 @@
+"""The life of the Kimi conversations this proxy creates: open, remember, continue, delete.
+
+- Open: a legacy conversation must exist before the completion call. Each healthy account keeps a
+  few conversations created in advance (`precreate`), so a new chat posts its completion at once
+  instead of paying one more round trip on the critical path.
+- Remember: after a good reply the keeper stores a key of the exchange (a hash of the normalised
+  messages plus the answer) with its conversation. A later request whose history is exactly that
+  exchange plus new turns continues the conversation with only the new turns.
+- Delete: every conversation the proxy created is deleted once it has been idle for
+  `conversation_ttl` (0: as soon as the reply ends), also after errors and hang-ups, and all of
+  them on shutdown. Deletions are persisted in the store before they are due, so a restart still
+  performs them. Conversations the user made in the browser are never touched: only ids the
+  store knows as ours are ever deleted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from translator import ChatPlan, Message, ModelFlags, RemoteProtocolError
+from translator._plan import InlineFile, UrlFile
+
+from ._accounts import Account, AccountPool
+from ._dialects import CONNECT, LEGACY, Dialect
+from ._kimi import KimiClient
+from ._store import Store
+
+__all__ = ["ConversationKeeper", "Resumption", "exchange_key"]
+
+log = logging.getLogger("kimi_free_api")
+
+
+@dataclass(frozen=True, slots=True)
+class Resumption:
+    """A request that continues an existing Kimi conversation."""
+
+    plan: ChatPlan
+    conversation_id: str
+    parent_id: str
+    full_messages: tuple[Message, ...]
+
+
+def _file_identity(source: UrlFile | InlineFile) -> str:
+    if isinstance(source, UrlFile):
+        return "url:" + source.url
+    return "sha256:" + hashlib.sha256(source.data).hexdigest()
+
+
+def exchange_key(messages: Sequence[Message]) -> str:
+    """A stable hash of a conversation as the client sees it. Whitespace at the ends of a
+    message is ignored (clients trim differently); anything else that changes is a new chat."""
+    normal = [[m.role, m.text.strip(), [_file_identity(f) for f in m.files]] for m in messages]
+    data = json.dumps(normal, ensure_ascii=False, separators=(",", ":")).encode()
+    return hashlib.sha256(data).hexdigest()
+
+
+class ConversationKeeper:
+    def __init__(
+        self,
+        *,
+        kimi: KimiClient,
+        pool: AccountPool,
+        store: Store,
+        dialect_for: Callable[[Account], Dialect],
+        conversation_ttl: float,
+        clock: Callable[[], float],
+        precreate: int = 1,
+        precreate_max_age: float = 3600.0,
+        tick: float = 1.0,
+    ) -> None:
+        self.kimi = kimi
+        self.pool = pool
+        self.store = store
+        self.dialect_for = dialect_for
+        self.ttl = conversation_ttl
+        self.clock = clock
+        self.precreate = precreate
+        self.precreate_max_age = precreate_max_age
+        self.tick = tick
+        self._spare: dict[str, list[tuple[str, float]]] = {}
+        self._refilling: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._loop_task: asyncio.Task[None] | None = None
+        self.deleted = 0
+        self.delete_failures = 0
+
+    # -- opening ------------------------------------------------------------------------------
+
+    async def open_conversation(
+        self, account: Account, dialect: Dialect, token: str, flags: ModelFlags
+    ) -> str:
+        spare = self._spare.get(account.id)
+        # Only default-agent conversations are kept spare: an agent chat must be created for it.
+        while spare and flags.kimiplus_id == "kimi":
+            conversation_id, created_at = spare.pop(0)
+            # An old spare may be due for deletion by the cleanup loop: leave it to it.
+            if self.clock() - created_at < self.precreate_max_age * 0.9:
+                self._refill_later(account, dialect)
+                return conversation_id
+        conversation_id = await self._create(account, dialect, token, flags)
+        if flags.kimiplus_id == "kimi":
+            self._refill_later(account, dialect)
+        return conversation_id
+
+    async def _create(
+        self, account: Account, dialect: Dialect, token: str, flags: ModelFlags
+    ) -> str:
+        call = dialect.create_call(flags)
+        assert call is not None, "only dialects that create conversations first call this"
+        response = await self.kimi.send(call, token=token, traffic_id=account.user_id)
+        body = response.content
+        if response.status_code >= 400:
+            raise dialect.http_error(response.status_code, body)
+        try:
+            conversation_id = str(json.loads(body)["id"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise dialect.http_error(502, body) from exc
+        # Persist ownership at once with a deletion far enough out for the reply; a crash right
+        # now still leaves the id in the store for the next start to delete.
+        self.store.schedule_deletion(
+            account.id, conversation_id, dialect.name, self.clock() + self.precreate_max_age
+        )
+        return conversation_id
+
+    def _refill_later(self, account: Account, dialect: Dialect) -> None:
+        if self.precreate <= 0 or not dialect.creates_conversation_first:
+            return
+        if account.id in self._refilling:
+            return
+        self._refilling.add(account.id)
+        self._spawn(self._refill(account, dialect))
+
+    async def _refill(self, account: Account, dialect: Dialect) -> None:
+        try:
+            spare = self._spare.setdefault(account.id, [])
+            while len(spare) < self.precreate:
+                token = await self.pool.access_token(account)
+                conversation_id = await self._create(account, dialect, token, ModelFlags())
+                spare.append((conversation_id, self.clock()))
+        except Exception as exc:
+            # Spares are an optimisation; the next chat creates its conversation inline.
+            log.warning("could not pre-create a conversation: %s", type(exc).__name__)
+        finally:
+            self._refilling.discard(account.id)
+
+    # -- continuing ---------------------------------------------------------------------------
+
+    def remember(
+        self,
+        account: Account,
+        dialect: Dialect,
+        *,
+        messages: Sequence[Message],
+        answer: str,
+        conversation_id: str,
+        parent_id: str,
+    ) -> None:
+        history = (*messages, Message(role="assistant", text=answer))
+        self.store.remember_exchange(
+            account.id, exchange_key(history), conversation_id, parent_id, dialect.name
+        )
+
+    def find(self, account: Account, messages: Sequence[Message]) -> tuple[str, str, int] | None:
+        """The conversation whose remembered exchange is the longest prefix of `messages`
+        ending in an assistant turn: (conversation id, parent message id, prefix length)."""
+        for end in range(len(messages) - 1, 0, -1):
+            if messages[end - 1].role != "assistant":
+                continue
+            found = self.store.find_exchange(account.id, exchange_key(messages[:end]))
+            if found is not None:
+                self.store.cancel_deletion(found[0])
+                return found[0], found[1], end
+        return None
+
+    def resume_by_id(self, account: Account, plan: ChatPlan) -> Resumption:
+        assert plan.conversation_id is not None
+        parent = self.store.last_parent(plan.conversation_id) or ""
+        self.store.cancel_deletion(plan.conversation_id)
+        return Resumption(
+            plan=plan,
+            conversation_id=plan.conversation_id,
+            parent_id=parent,
+            full_messages=plan.messages,
+        )
+
+    # -- deleting -----------------------------------------------------------------------------
+
+    def release(
+        self,
+        account: Account,
+        dialect: Dialect,
+        conversation_id: str,
+        *,
+        keep: bool,
+        created_here: bool,
+    ) -> None:
+        """The reply using `conversation_id` ended; delete it after the TTL (now if not `keep`).
+        Only conversations this proxy created are ever scheduled."""
+        if not created_here and not self.store.is_ours(conversation_id):
+            return
+        delay = self.ttl if keep else 0.0
+        self.store.schedule_deletion(
+            account.id, conversation_id, dialect.name, self.clock() + delay
+        )
+        if delay <= 0:
+            self._spawn(self.delete_due())
+
+    def mark_created(self, account: Account, dialect: Dialect, conversation_id: str) -> None:
+        self.store.schedule_deletion(
+            account.id, conversation_id, dialect.name, self.clock() + self.precreate_max_age
+        )
+
+    async def delete_due(self, *, everything: bool = False) -> None:
+        now = float("inf") if everything else self.clock()
+        for pending in self.store.due_deletions(now):
+            await self._delete(pending.account_id, pending.conversation_id, pending.dialect,
+                               pending.attempts)
+
+    async def _delete(
+        self, account_id: str, conversation_id: str, dialect_name: str, attempts: int
+    ) -> None:
+        dialect = CONNECT if dialect_name == "connect" else LEGACY
+        account = self.store.get_account(account_id)
+        try:
+            if account is None:
+                raise RemoteProtocolError("account no longer known", status=404)
+            token = await self.pool.access_token(account)
+            response = await self.kimi.send(
+                dialect.delete_call(conversation_id), token=token, traffic_id=account.user_id
+            )
+            # 404: already gone (deleted in the browser, or by another proxy sharing the store).
+            if response.status_code >= 400 and response.status_code != 404:
+                raise dialect.http_error(response.status_code, response.content)
+        except Exception as exc:
+            self.delete_failures += 1
+            backoff = min(3600.0, 5.0 * 2**attempts)
+            self.store.reschedule_deletion(conversation_id, self.clock() + backoff, repr(exc))
+            log.warning(
+                "deleting a Kimi conversation failed (attempt %d, retry in %.0f s): %s",
+                attempts + 1,
+                backoff,
+                type(exc).__name__,
+            )
+            return
+        self.store.mark_deleted(conversation_id)
+        self.deleted += 1
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._loop_task = asyncio.get_running_loop().create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self.delete_due()
+            except Exception as exc:
+                log.warning("cleanup pass failed: %s", type(exc).__name__)
+            await asyncio.sleep(self.tick)
+
+    async def shutdown(self, timeout: float = 10.0) -> None:
+        """Delete every conversation we still hold (spares included), within `timeout`."""
+        if self._loop_task is not None:
+            self._loop_task.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        self._spare.clear()
+        try:
+            async with asyncio.timeout(timeout):
+                await self.delete_due(everything=True)
+        except TimeoutError:
+            log.warning("shutdown: some Kimi conversations are left for the next start to delete")
+
+    def _spawn(self, coro: object) -> None:
+        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)

@@ -1,0 +1,157 @@
+"""Everything the proxy runs besides mitmproxy: the relay server and its collaborators.
+
+Built from a plain `RuntimeSettings` value (the addon maps mitmproxy options onto it), started
+once the event loop runs, stopped on shutdown. Keeping this out of the addon class keeps the
+addon a thin mitmproxy citizen, and lets tests and the benchmark run the relay on its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+
+import httpx
+from aiohttp import web
+
+from ._accounts import AccountPool, TokenGrant
+from ._app import RELAY_SECRET_HEADER, build_app
+from ._chat import ChatService, ChatSettings
+from ._config import Config
+from ._conversations import ConversationKeeper
+from ._dialects import choose_dialect
+from ._fetch import Fetcher, FetchPolicy
+from ._kimi import KimiClient
+from ._refresh import refresh_grant
+from ._secrets import hash_key
+from ._store import Store
+from ._upload import Uploader
+
+__all__ = ["RELAY_SECRET_HEADER", "Runtime", "RuntimeSettings"]
+
+log = logging.getLogger("kimi_free_api")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RuntimeSettings:
+    kimi_base_url: str = "https://kimi.moonshot.cn"
+    dialect: str = "auto"
+    store_path: str = "~/.kimi-free-api/accounts.sqlite3"
+    conversation_ttl: float = 600.0
+    auto_continue: bool = True
+    precreate: int = 1
+    allow_private_urls: bool = False
+    max_file_bytes: int = 100 * 1024 * 1024
+    max_account_concurrency: int = 5
+    account_cooldown: float = 60.0
+    keepalive_interval: float = 15.0
+    stall_timeout: float = 120.0
+    refresh_path: str = "/api/auth/token/refresh"
+    #: TLS verification for Kimi: True, False, or a CA bundle path (tests, the demo's fake)
+    verify: bool | str = True
+    config: Config = field(default_factory=Config)
+
+
+class Runtime:
+    def __init__(self, settings: RuntimeSettings) -> None:
+        self.settings = settings
+        self.secret = secrets.token_urlsafe(32)
+        self.base_url = ""
+        self.ready = asyncio.Event()
+        self._runner: web.AppRunner | None = None
+        self.client: httpx.AsyncClient | None = None
+        self.keeper: ConversationKeeper | None = None
+        self.store: Store | None = None
+
+    async def start(self) -> str:
+        s = self.settings
+        timeout = httpx.Timeout(connect=10.0, read=s.stall_timeout, write=30.0, pool=30.0)
+        limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+        self.client = httpx.AsyncClient(
+            timeout=timeout, limits=limits, verify=s.verify, follow_redirects=False,
+            trust_env=False,
+        )
+        kimi = KimiClient(self.client, s.kimi_base_url)
+        self.store = store = Store(os.path.expanduser(s.store_path))
+        store.apply_config(s.config, now=time.time())
+
+        async def refresh(refresh_token: str) -> TokenGrant:
+            return await refresh_grant(kimi, refresh_token, path=s.refresh_path)
+
+        pool = AccountPool(
+            store,
+            refresh=refresh,
+            clock=time.time,
+            max_concurrency=s.max_account_concurrency,
+            cooldown=s.account_cooldown,
+            config=s.config,
+        )
+
+        def dialect_for(account: object) -> object:
+            return choose_dialect(s.dialect, s.kimi_base_url, getattr(account, "dialect", None))
+
+        self.keeper = keeper = ConversationKeeper(
+            kimi=kimi,
+            pool=pool,
+            store=store,
+            dialect_for=dialect_for,  # type: ignore[arg-type]
+            conversation_ttl=s.conversation_ttl,
+            clock=time.time,
+            precreate=s.precreate,
+        )
+        fetcher = Fetcher(
+            self.client,
+            FetchPolicy(allow_private=s.allow_private_urls, max_bytes=s.max_file_bytes),
+        )
+        uploader = Uploader(client=self.client, kimi=kimi, pool=pool, fetcher=fetcher)
+        chat = ChatService(
+            kimi=kimi,
+            pool=pool,
+            keeper=keeper,
+            uploader=uploader,
+            settings=ChatSettings(
+                base_url=s.kimi_base_url,
+                dialect=s.dialect,
+                conversation_ttl=s.conversation_ttl,
+                keepalive_interval=s.keepalive_interval,
+                stall_timeout=s.stall_timeout,
+                auto_continue=s.auto_continue,
+            ),
+            wall_clock=time.time,
+            monotonic=time.monotonic,
+        )
+        admin = s.config.admin_key
+        app = build_app(
+            secret=self.secret,
+            chat=chat,
+            pool=pool,
+            wall_clock=time.time,
+            admin_key_hash=hash_key(admin) if admin else None,
+        )
+        # handler_cancellation: a client that hangs up cancels its handler, which stops the
+        # Kimi stream at once and hands the conversation to the keeper for deletion.
+        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        server = site._server
+        assert server is not None and isinstance(server, asyncio.Server)
+        port = server.sockets[0].getsockname()[1]
+        self.base_url = f"http://127.0.0.1:{port}"
+        keeper.start()
+        self.ready.set()
+        return self.base_url
+
+    async def stop(self) -> None:
+        if self.keeper is not None:
+            await self.keeper.shutdown()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.client is not None:
+            await self.client.aclose()
+        if self.store is not None:
+            self.store.close()
+

@@ -1,0 +1,153 @@
+"""The `kimi-free-api` command: run the proxy, run it against the built-in fake Kimi, replay.
+
+    kimi-free-api [run] [--host H] [--port P] [--kimi-base-url URL] [--config FILE] ...
+    kimi-free-api demo  [same flags]         # no account needed: a fake Kimi on loopback
+    kimi-free-api replay FILE_OR_FOLDER ...  # check captured Kimi streams against the translator
+
+Every flag can also come from the environment variable named in its help (flags win).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+__all__ = ["build_parser", "main"]
+
+LOG_LEVELS = ("debug", "info", "warn", "error")
+
+
+def _env(name: str, default: Any) -> Any:
+    return os.environ.get(name, default)
+
+
+def _env_bool(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _add_serve_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", default=_env("HOST", "0.0.0.0"),
+                   help="address to listen on (HOST; default 0.0.0.0)")
+    p.add_argument("--port", type=int, default=int(_env("PORT", "8000")),
+                   help="port to listen on (PORT; default 8000)")
+    p.add_argument("--kimi-base-url", default=_env("KIMI_BASE_URL", "https://kimi.moonshot.cn"),
+                   help="Kimi web base URL (KIMI_BASE_URL; default https://kimi.moonshot.cn; "
+                   "https://www.kimi.com for the current Connect protocol)")
+    p.add_argument("--dialect", choices=("auto", "legacy", "connect"),
+                   default=_env("DIALECT", "auto"),
+                   help="upstream protocol (DIALECT; default auto: by the base URL)")
+    p.add_argument("--config", default=_env("CONFIG", ""),
+                   help="YAML file with accounts, gateway keys and options (CONFIG)")
+    p.add_argument("--store", default=_env("STORE", "~/.kimi-free-api/accounts.sqlite3"),
+                   help="SQLite file for accounts and rotated tokens (STORE)")
+    p.add_argument("--conversation-ttl", type=int,
+                   default=int(_env("CONVERSATION_TTL", "600")),
+                   help="seconds a conversation the proxy created is kept after its last reply; "
+                   "0 = delete when the reply ends (CONVERSATION_TTL; default 600)")
+    p.add_argument("--allow-private-urls", action="store_true",
+                   default=_env_bool("ALLOW_PRIVATE_URLS"),
+                   help="let clients name files on loopback/private addresses (ALLOW_PRIVATE_URLS)")
+    p.add_argument("--intercept-port", type=int, default=int(_env("INTERCEPT_PORT", "0")),
+                   help="also listen as a regular HTTP proxy on this port and answer "
+                   "api.openai.com through Kimi (INTERCEPT_PORT; default off)")
+    p.add_argument("--log-level", choices=LOG_LEVELS, default=_env("LOG_LEVEL", "info"),
+                   help="log verbosity (LOG_LEVEL; default info)")
+    p.add_argument("--confdir", default=_env("MITMPROXY_CONFDIR", "~/.mitmproxy"),
+                   help="mitmproxy's directory for its CA (MITMPROXY_CONFDIR)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kimi-free-api",
+        description="An OpenAI-compatible API in front of Kimi's web chat (personal use).",
+    )
+    sub = parser.add_subparsers(dest="command")
+    _add_serve_flags(sub.add_parser("run", help="run the proxy (the default)"))
+    demo = sub.add_parser("demo", help="run the proxy against a built-in fake Kimi")
+    _add_serve_flags(demo)
+    replay = sub.add_parser("replay", help="run captured Kimi streams through the translator")
+    replay.add_argument("paths", nargs="+", help="mitmproxy flow files (-w) or fixture folders")
+    replay.add_argument("--json", action="store_true", help="print the report as JSON")
+    return parser
+
+
+async def serve(args: argparse.Namespace, *, demo: bool = False) -> None:
+    from mitmproxy import options
+    from mitmproxy.tools.dump import DumpMaster
+
+    from .kimi_proxy import KimiProxy
+
+    fake = None
+    base_url = args.kimi_base_url
+    dialect = args.dialect
+    store = args.store
+    verify: bool | str = True
+    if demo:
+        from fixtures.fake_kimi import FakeKimi
+
+        fake = FakeKimi(rtt=0.0, token_rate=40.0)
+        base_url = await fake.start()
+        dialect = "legacy" if dialect == "auto" else dialect
+        store = str(Path(tempfile.mkdtemp(prefix="kimi-free-api-demo-")) / "accounts.sqlite3")
+    modes = [f"reverse:{base_url}@{args.port}"]
+    if args.intercept_port:
+        modes.append(f"regular@{args.intercept_port}")
+    opts = options.Options(listen_host=args.host, mode=modes)
+    master = DumpMaster(opts, with_termlog=True, with_dumper=False)
+    addon = KimiProxy(verify=verify)
+    master.addons.add(addon)
+    master.options.update(
+        confdir=os.path.expanduser(args.confdir),
+        termlog_verbosity=args.log_level,
+        kimi_base_url=base_url,
+        kimi_dialect=dialect,
+        kimi_store=store,
+        conversation_ttl=args.conversation_ttl,
+        allow_private_urls=args.allow_private_urls,
+        connection_strategy="lazy",
+    )
+    if args.config:
+        master.options.update(kimi_config=args.config)
+    logging.getLogger("kimi_free_api").setLevel(args.log_level.upper().replace("WARN", "WARNING"))
+    if demo:
+        host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host
+        sys.stdout.write(
+            f"kimi-free-api demo: a fake Kimi runs at {base_url}; no account is needed.\n"
+            f"  curl http://{host}:{args.port}/v1/chat/completions "
+            "-H 'Authorization: Bearer demo-token' -H 'Content-Type: application/json' "
+            "-d '{\"model\":\"kimi\",\"stream\":true,\"messages\":"
+            "[{\"role\":\"user\",\"content\":\"Hello\"}]}'\n"
+        )
+        sys.stdout.flush()
+    try:
+        await master.run()
+    finally:
+        if fake is not None:
+            await fake.stop()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0].startswith("-"):
+        argv.insert(0, "run")
+    args = build_parser().parse_args(argv)
+    if args.command == "replay":
+        from ._replay import run_replay
+
+        return run_replay(args.paths, as_json=args.json, out=sys.stdout)
+    try:
+        asyncio.run(serve(args, demo=args.command == "demo"))
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,270 @@
+"""The mitmproxy addon: `mitmdump -s addon/kimi_proxy.py --mode reverse:https://kimi.moonshot.cn`.
+
+It routes the requests it serves to the loopback relay (addon/_runtime.py) and lets mitmproxy
+stream the relay's answer back. It never translates anything itself, and it fails closed: an
+error in a hook answers the client with an OpenAI-style error instead of letting the request
+go on unchanged (in interception mode that would send the client's OpenAI key to OpenAI).
+
+Modes:
+- reverse (`--mode reverse:<kimi base url>`): every request is ours.
+- regular (`--mode regular`, clients set HTTPS_PROXY and trust mitmproxy's CA): requests to the
+  `intercept_hosts` (api.openai.com by default) are answered through Kimi; other hosts pass
+  through untouched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from urllib.parse import urlsplit
+
+if __package__ in (None, ""):
+    # Loaded as a script by `mitmdump -s addon/kimi_proxy.py`: make the project importable.
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from mitmproxy import ctx, exceptions, http
+from mitmproxy.addonmanager import Loader
+from mitmproxy.connection import Server
+from mitmproxy.proxy import mode_specs, server_hooks
+
+from addon._config import Config, ConfigError, load_config
+from addon._runtime import RELAY_SECRET_HEADER, Runtime, RuntimeSettings
+
+__all__ = ["KimiProxy", "addons"]
+
+log = logging.getLogger("kimi_free_api")
+
+DIALECTS = ("auto", "legacy", "connect")
+METADATA_KEY = "kimi_free_api"
+
+
+def _error_body(status: int, message: str, code: str) -> bytes:
+    error = {"message": message, "type": "server_error", "param": None, "code": code}
+    return json.dumps({"error": error}).encode()
+
+
+def parse_base_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"kimi_base_url must be an http(s) URL, got {value!r}")
+    return value.rstrip("/")
+
+
+class KimiProxy:
+    def __init__(self, *, verify: bool | str = True) -> None:
+        self.verify = verify
+        self.runtime: Runtime | None = None
+        self.relay_address: tuple[str, int] | None = None
+        self.config = Config()
+        self.base_url = "https://kimi.moonshot.cn"
+        self.intercept_hosts: frozenset[str] = frozenset({"api.openai.com"})
+
+    # -- options --------------------------------------------------------------------------------
+
+    def load(self, loader: Loader) -> None:
+        loader.add_option(
+            "kimi_base_url", str, "https://kimi.moonshot.cn",
+            "Kimi web base URL (https://kimi.moonshot.cn, or https://www.kimi.com).",
+        )
+        loader.add_option(
+            "kimi_dialect", str, "auto",
+            "Upstream protocol: auto (by base URL), legacy (REST+SSE) or connect (Connect-RPC).",
+        )
+        loader.add_option("kimi_config", str, "", "YAML file with accounts, keys and options.")
+        loader.add_option(
+            "kimi_store", str, "~/.kimi-free-api/accounts.sqlite3",
+            "SQLite file holding accounts and rotated tokens (created with mode 0600).",
+        )
+        loader.add_option(
+            "conversation_ttl", int, 600,
+            "Seconds a Kimi conversation the proxy created is kept after its last reply "
+            "(0 = delete when the reply ends).",
+        )
+        loader.add_option(
+            "auto_continue", bool, True,
+            "Continue the Kimi conversation when a client resends a history it already sent.",
+        )
+        loader.add_option(
+            "precreate_conversations", int, 1,
+            "Conversations each account creates ahead of time to save a round trip (0 = off).",
+        )
+        loader.add_option(
+            "allow_private_urls", bool, False,
+            "Allow file/image URLs that resolve to loopback or private addresses.",
+        )
+        loader.add_option(
+            "max_file_bytes", int, 100 * 1024 * 1024, "Largest file or image a client may send."
+        )
+        loader.add_option(
+            "intercept_hosts", Sequence[str], ["api.openai.com"],
+            "Hosts whose API requests are answered through Kimi in regular proxy mode.",
+        )
+        loader.add_option(
+            "max_account_concurrency", int, 5, "Replies one Kimi account may stream at once."
+        )
+        loader.add_option(
+            "account_cooldown", int, 60,
+            "Seconds an account rests after a rate limit when Kimi gives no Retry-After.",
+        )
+        loader.add_option(
+            "keepalive_interval", int, 15,
+            "Seconds of upstream silence after which an SSE keep-alive comment is sent.",
+        )
+        loader.add_option(
+            "refresh_path", str, "/api/auth/token/refresh", "Path of Kimi's token refresh call."
+        )
+        # Offline interception must not connect to api.openai.com before our hook ran.
+        ctx.options.update(connection_strategy="lazy")
+
+    def configure(self, updated: set[str]) -> None:
+        opts = ctx.options
+        if "stream_large_bodies" in updated and opts.stream_large_bodies:
+            # It streams a large request body to the original destination before our request
+            # hook runs: fail-open. Refuse it.
+            raise exceptions.OptionsError(
+                "kimi-free-api refuses stream_large_bodies: it would forward requests before "
+                "the addon sees them; use body_size_limit instead"
+            )
+        if "connection_strategy" in updated and opts.connection_strategy != "lazy":
+            raise exceptions.OptionsError("kimi-free-api needs connection_strategy=lazy")
+        if "kimi_base_url" in updated:
+            try:
+                self.base_url = parse_base_url(opts.kimi_base_url)
+            except ValueError as exc:
+                raise exceptions.OptionsError(str(exc)) from None
+        if "kimi_dialect" in updated and opts.kimi_dialect not in DIALECTS:
+            raise exceptions.OptionsError(
+                f"kimi_dialect must be one of {', '.join(DIALECTS)}, got {opts.kimi_dialect!r}"
+            )
+        for name in ("conversation_ttl", "precreate_conversations", "account_cooldown"):
+            if name in updated and getattr(opts, name) < 0:
+                raise exceptions.OptionsError(f"{name} must be >= 0")
+        for name in ("max_file_bytes", "max_account_concurrency", "keepalive_interval"):
+            if name in updated and getattr(opts, name) < 1:
+                raise exceptions.OptionsError(f"{name} must be >= 1")
+        if "intercept_hosts" in updated:
+            self.intercept_hosts = frozenset(h.lower() for h in opts.intercept_hosts if h)
+        if "kimi_config" in updated and opts.kimi_config:
+            try:
+                self.config = load_config(opts.kimi_config)
+            except ConfigError as exc:
+                raise exceptions.OptionsError(str(exc)) from None
+            if self.config.options:
+                try:
+                    opts.update(**self.config.options)
+                except KeyError as exc:
+                    raise exceptions.OptionsError(f"{opts.kimi_config}: {exc}") from None
+
+    def _settings(self) -> RuntimeSettings:
+        opts = ctx.options
+        return RuntimeSettings(
+            kimi_base_url=self.base_url,
+            dialect=opts.kimi_dialect,
+            store_path=opts.kimi_store,
+            conversation_ttl=float(opts.conversation_ttl),
+            auto_continue=opts.auto_continue,
+            precreate=opts.precreate_conversations,
+            allow_private_urls=opts.allow_private_urls,
+            max_file_bytes=opts.max_file_bytes,
+            max_account_concurrency=opts.max_account_concurrency,
+            account_cooldown=float(opts.account_cooldown),
+            keepalive_interval=float(opts.keepalive_interval),
+            refresh_path=opts.refresh_path,
+            verify=self.verify,
+            config=self.config,
+        )
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def running(self) -> None:
+        # Sync on purpose: mitmproxy calls `running` from sync code when a script is (re)loaded.
+        self.runtime = Runtime(self._settings())
+        asyncio.get_running_loop().create_task(self._start())
+
+    async def _start(self) -> None:
+        assert self.runtime is not None
+        try:
+            base = await self.runtime.start()
+        except Exception:
+            log.exception("kimi-free-api could not start its relay")
+            raise
+        parts = urlsplit(base)
+        assert parts.hostname is not None and parts.port is not None
+        self.relay_address = (parts.hostname, parts.port)
+        log.info("kimi-free-api relay ready; Kimi at %s", self.base_url)
+
+    async def done(self) -> None:
+        # Async so that shutdown can delete the conversations we still hold. (mitmproxy's hot
+        # reload of `-s` scripts calls `done` from sync code: restart instead of editing live.)
+        if self.runtime is not None:
+            await self.runtime.stop()
+
+    # -- routing --------------------------------------------------------------------------------
+
+    def _serves(self, flow: http.HTTPFlow) -> bool:
+        if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
+            return True
+        return flow.request.pretty_host.lower() in self.intercept_hosts
+
+    async def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response or flow.error or not flow.live:
+            return
+        try:
+            if not self._serves(flow):
+                return
+            runtime = self.runtime
+            if runtime is None:
+                raise RuntimeError("the addon is not running")
+            await asyncio.wait_for(runtime.ready.wait(), 30)
+            assert self.relay_address is not None
+            host, port = self.relay_address
+            flow.request.scheme = "http"
+            flow.request.host = host
+            flow.request.port = port
+            flow.request.headers[RELAY_SECRET_HEADER] = runtime.secret
+            flow.metadata[METADATA_KEY] = True
+        except Exception as exc:
+            log.error("kimi-free-api request hook failed: %s", type(exc).__name__)
+            flow.response = http.Response.make(
+                500,
+                _error_body(500, "kimi-free-api failed to route the request", "proxy_error"),
+                {"content-type": "application/json"},
+            )
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        try:
+            if not flow.metadata.get(METADATA_KEY) or flow.response is None:
+                return
+            flow.request.headers.pop(RELAY_SECRET_HEADER, None)
+            if flow.response.headers.get("content-type", "").startswith("text/event-stream"):
+                # Pass the relay's SSE through as it is written.
+                flow.response.stream = True
+        except Exception as exc:
+            log.error("kimi-free-api responseheaders hook failed: %s", type(exc).__name__)
+
+    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+        """The last line of defence: whatever happened in the hooks, mitmproxy may only dial our
+        relay in reverse mode, and never an intercepted host (api.openai.com) in any mode."""
+        try:
+            address = data.server.address
+            if address is None:
+                return
+            host = str(address[0]).lower()
+            if self.relay_address is not None and tuple(address) == self.relay_address:
+                return
+            reverse = isinstance(data.client.proxy_mode, mode_specs.ReverseMode)
+            if reverse or host in self.intercept_hosts:
+                data.server.error = f"kimi-free-api refuses to connect to {host}"
+        except Exception as exc:
+            _refuse(data.server, f"kimi-free-api guard failed: {type(exc).__name__}")
+
+
+def _refuse(server: Server, reason: str) -> None:
+    server.error = reason
+
+
+addons = [KimiProxy()]

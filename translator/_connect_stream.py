@@ -197,7 +197,7 @@ class ConnectDecoder:
         return events
 
     def _content(self, op: str, block_id: str, field: str, value: Any) -> list[UpstreamEvent]:
-        holder = _object({} if value is None else value, f"block.{field}")
+        holder = _object(_present(value, {}), f"block.{field}")
         content = _string(holder, "content", f"block.{field}")
         key = (block_id, field)
         sent = self._sent.get(key, "")
@@ -235,15 +235,17 @@ class ConnectDecoder:
     def _search_results(self, refs: Any) -> list[UpstreamEvent]:
         if refs is None:
             return []
-        chunks = _object(refs, "message.refs").get("searchChunks") or []
+        chunks = _present(_object(refs, "message.refs").get("searchChunks"), [])
         if not isinstance(chunks, list):
             raise _shape("message.refs.searchChunks")
         events: list[UpstreamEvent] = []
         for chunk in chunks:
             chunk = _object(chunk, "searchChunks[]")
             # the page documents {"base": ...}; tool blocks wrap the same card in "searchResult"
-            holder = _object(chunk.get("searchResult") or chunk, "searchChunks[].searchResult")
-            base = _object(holder.get("base") or {}, "searchChunks[].base")
+            holder = _object(
+                _present(chunk.get("searchResult"), chunk), "searchChunks[].searchResult"
+            )
+            base = _object(_present(holder.get("base"), {}), "searchChunks[].base")
             url = _string(base, "url", "searchChunks[].base")
             if not url or url in self._urls:
                 continue
@@ -334,13 +336,13 @@ def _read_error(error: Mapping[str, Any]) -> _ReadError:
     code = _string(error, "code", "error") or "unknown"
     reason = localized = ""
     paywall = False
-    details = error.get("details") or []
+    details = _present(error.get("details"), [])
     if not isinstance(details, list):
         raise _shape("error.details")
     for detail in details:
-        debug = _object(_object(detail, "error.details[]").get("debug") or {}, "debug")
+        debug = _object(_present(_object(detail, "error.details[]").get("debug"), {}), "debug")
         reason = reason or _string(debug, "reason", "debug")
-        message = _object(debug.get("localizedMessage") or {}, "debug.localizedMessage")
+        message = _object(_present(debug.get("localizedMessage"), {}), "debug.localizedMessage")
         localized = localized or _string(message, "message", "debug.localizedMessage")
         # `paywall` is an object describing the offer; any value other than null/false counts
         paywall = paywall or debug.get("paywall") not in (None, False)
@@ -388,6 +390,11 @@ def _masked_fields(mask: Any, block: Mapping[str, Any]) -> list[str]:
         named = parts[1:2] or [f for f in ("text", "think", "tool") if f in block]
         fields += [f for f in named if f not in fields]
     return fields
+
+
+def _present(value: Any, default: Any) -> Any:
+    """`value`, or `default` when the field is absent or null (JSON null = not set in proto3)."""
+    return default if value is None else value
 
 
 def _object(value: Any, where: str) -> Mapping[str, Any]:

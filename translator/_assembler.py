@@ -1,0 +1,364 @@
+"""The answer's state machine: dialect-neutral `UpstreamEvent`s → OpenAI chunk dicts.
+
+Theory of operation
+-------------------
+The state says how far the answer got; `_TRANSITIONS` lists every allowed (state, event class)
+pair and the state it leads to. A pair that is not in the table is Kimi breaking its protocol:
+the machine moves to ERROR and raises `RemoteProtocolError`. ERROR and CLOSED are final.
+
+    IDLE       nothing of the answer yet (ids, pings and unknown events do not count)
+    ANSWERING  text, reasoning or search results arrived
+    CONTINUE   a LengthStop with a segment to continue from and budget left; the caller posts
+               the continuation and calls `begin_continuation`
+    ENDED      the finish reason is known (stop, length, content_filter); the finish chunk is
+               written by `close()`, so a late ContentFiltered can still change it
+    CLOSED     `close()` returned the final chunks
+    ERROR      an UpstreamFailure or a protocol break; every later call raises
+
+What each event does (besides its transition):
+
+    TextDelta         a `content` delta (after a blank line if citation lines came first)
+    ReasoningDelta    a `reasoning_content` delta
+    SearchResult      a url_citation annotation (deduplicated by url); unless `silent`, also a
+                      citation line `N. [title](url)` in the content: at once while no answer
+                      text was written, else in a block after the answer, at the finish
+    MessageId         remembered (assistant role only): `last_message_id`, and the continuation
+                      segment after a LengthStop
+    ConversationStarted  remembered: `conversation_id`, and the chunk id when none was given
+    LengthStop        CONTINUE while the budget lasts and a segment is known, else ENDED(length)
+    ContentFiltered   ENDED(content_filter): never invented assistant text
+    Finished          ENDED(stop), unless a reason is already known
+    UpstreamFailure   ERROR: its error is raised
+    Noise, Unknown    counted in `event_counts` only
+
+The role chunk `{"role": "assistant", "content": ""}` precedes the first chunk written, so an
+answer only "starts" (and the caller loses the chance to fail over) when there is something to
+show. Every chunk of one answer has the same id: the caller's `completion_id`, else the
+conversation id reported in the stream before the first chunk, else `fallback_id`.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Any, Final
+
+from ._errors import RemoteProtocolError
+from ._upstream import (
+    ContentFiltered,
+    ConversationStarted,
+    Finished,
+    LengthStop,
+    MessageId,
+    Noise,
+    ReasoningDelta,
+    SearchResult,
+    TextDelta,
+    Unknown,
+    UpstreamEvent,
+    UpstreamFailure,
+)
+from ._usage import usage_for
+
+__all__ = ["Assembler", "State"]
+
+
+class State(enum.Enum):
+    IDLE = "idle"
+    ANSWERING = "answering"
+    CONTINUE = "continue"
+    ENDED = "ended"
+    CLOSED = "closed"
+    ERROR = "error"
+
+
+_S = State
+_QUIET: Final = (ConversationStarted, MessageId, Noise, Unknown)
+_CONTENT: Final = (TextDelta, ReasoningDelta, SearchResult)
+
+_TRANSITIONS: Final[dict[tuple[State, type[UpstreamEvent]], State]] = {
+    **{(_S.IDLE, cls): _S.IDLE for cls in _QUIET},
+    **{(_S.IDLE, cls): _S.ANSWERING for cls in _CONTENT},
+    (_S.IDLE, LengthStop): _S.CONTINUE,
+    (_S.IDLE, ContentFiltered): _S.ENDED,
+    (_S.IDLE, Finished): _S.ENDED,
+    **{(_S.ANSWERING, cls): _S.ANSWERING for cls in (*_QUIET, *_CONTENT)},
+    # LengthStop lands in CONTINUE; `_length` moves on to ENDED when no continuation is possible.
+    (_S.ANSWERING, LengthStop): _S.CONTINUE,
+    (_S.ANSWERING, ContentFiltered): _S.ENDED,
+    (_S.ANSWERING, Finished): _S.ENDED,
+    # Kimi may close a length-stopped segment with `all_done`; the continuation still follows.
+    **{(_S.CONTINUE, cls): _S.CONTINUE for cls in (*_QUIET, Finished)},
+    (_S.CONTINUE, ContentFiltered): _S.ENDED,
+    # After the end only bookkeeping may come, or a moderation verdict on what was said.
+    **{(_S.ENDED, cls): _S.ENDED for cls in (*_QUIET, Finished, ContentFiltered)},
+    # An in-stream failure is an error wherever it comes (even after an empty `done`).
+    **{(state, UpstreamFailure): _S.ERROR for state in (_S.IDLE, _S.ANSWERING, _S.CONTINUE)},
+    (_S.ENDED, UpstreamFailure): _S.ERROR,
+}
+
+
+class Assembler:
+    """Turns `UpstreamEvent`s into OpenAI `chat.completion.chunk` dicts (see module doc).
+    Used through `ResponseTranslator`; it never sees bytes."""
+
+    def __init__(
+        self,
+        *,
+        completion_id: str | None,
+        fallback_id: str,
+        model: str,
+        created: int,
+        silent: bool,
+        include_usage: bool,
+        prompt_text: str,
+        max_continuations: int,
+        system_fingerprint: str | None,
+    ) -> None:
+        self.state = State.IDLE
+        self.error: RemoteProtocolError | None = None
+        self.conversation_id: str | None = None
+        self.last_message_id: str | None = None
+        self.event_counts: dict[str, int] = {}
+        self.continuations = 0
+        self._completion_id = completion_id
+        self._fallback_id = fallback_id
+        self._chunk_id: str | None = None
+        self._model = model
+        self._created = created
+        self._silent = silent
+        self._include_usage = include_usage
+        self._prompt_text = prompt_text
+        self._max_continuations = max_continuations
+        self._fingerprint = system_fingerprint
+        self._finish: str | None = None
+        self._out: list[dict[str, Any]] = []
+        self._content: list[str] = []
+        self._content_len = 0  # in code points: annotation indices count code points
+        self._reasoning: list[str] = []
+        self._wrote_text = False
+        self._header_citations = False
+        self._annotations: list[dict[str, Any]] = []
+        self._urls: set[str] = set()
+        self._late: list[SearchResult] = []
+
+    # -- the public face (through ResponseTranslator) -------------------------------------
+
+    @property
+    def started(self) -> bool:
+        return self._chunk_id is not None
+
+    @property
+    def continuation_segment(self) -> str | None:
+        return self.last_message_id if self.state is State.CONTINUE else None
+
+    def count(self, key: str) -> None:
+        self.event_counts[key] = self.event_counts.get(key, 0) + 1
+
+    def drain(self) -> list[dict[str, Any]]:
+        out, self._out = self._out, []
+        return out
+
+    def fail(self, err: RemoteProtocolError) -> RemoteProtocolError:
+        self.state = State.ERROR
+        self.error = err
+        return err
+
+    def handle(self, ev: UpstreamEvent) -> None:
+        """Apply one event; its chunks collect until `drain()`.
+
+        Raises:
+            RemoteProtocolError: an UpstreamFailure, or an event the state does not allow.
+        """
+        match ev:
+            case Noise(kind=kind):
+                self.count(f"Noise:{kind}")
+            case Unknown(kind=kind):
+                self.count(f"Unknown:{kind}")
+            case _:
+                self.count(type(ev).__name__)
+        target = _TRANSITIONS.get((self.state, type(ev)))
+        if target is None:
+            raise self.fail(
+                RemoteProtocolError(
+                    f"Kimi sent an unexpected {type(ev).__name__} in state {self.state.name}",
+                    code="upstream_protocol_error",
+                )
+            )
+        self.state = target
+        match ev:
+            case TextDelta(text=text):
+                self._text(text)
+            case ReasoningDelta(text=text):
+                if text:
+                    self._delta("reasoning_content", text)
+                    self._reasoning.append(text)
+            case SearchResult():
+                self._search(ev)
+            case MessageId(message_id=message_id, role=role):
+                if role == "assistant":
+                    self.last_message_id = message_id
+            case ConversationStarted(conversation_id=conversation_id):
+                self.conversation_id = conversation_id
+            case LengthStop():
+                self._length()
+            case ContentFiltered():
+                self._finish = "content_filter"
+            case Finished():
+                self._finish = self._finish or "stop"
+            case UpstreamFailure(error=error):
+                raise self.fail(error)
+
+    def resume(self) -> None:
+        """A continuation call was posted: its events extend the same answer."""
+        if self.state is not State.CONTINUE:
+            raise RuntimeError(f"begin_continuation() in state {self.state.name}")
+        self.continuations += 1
+        self.count("continuation")
+        self.state = State.ANSWERING
+
+    def finish(self) -> None:
+        """The body ended: write the final chunks (finish, then usage if asked for).
+
+        Raises:
+            RemoteProtocolError: nothing of an answer came (status 502).
+        """
+        match self.state:
+            case State.IDLE:
+                raise self.fail(
+                    RemoteProtocolError(
+                        "Kimi closed the stream without an answer", code="upstream_empty"
+                    )
+                )
+            case State.ANSWERING:
+                # Kimi hung up without `all_done`: what it said is kept and ends well-formed.
+                self.count("abrupt_end")
+                self._finish = "stop"
+            case State.CONTINUE:
+                self._finish = "length"
+            case _:
+                pass
+        if self._late:
+            self._citation_block()
+        delta: dict[str, Any] = {}
+        if self._annotations:
+            delta["annotations"] = list(self._annotations)
+        self._emit(delta, self._finish)
+        if self._include_usage:
+            usage = usage_for(
+                prompt_text=self._prompt_text,
+                completion_text="".join(self._content) + "".join(self._reasoning),
+            )
+            self._out.append({**self._envelope(), "choices": [], "usage": usage})
+        self.state = State.CLOSED
+
+    # -- events ----------------------------------------------------------------------------
+
+    def _text(self, text: str) -> None:
+        if not text:
+            return
+        if not self._wrote_text and self._header_citations:
+            text = "\n" + text  # a blank line between the citation list and the answer
+        self._wrote_text = True
+        self._write(text)
+
+    def _search(self, result: SearchResult) -> None:
+        if result.url in self._urls:
+            return
+        self._urls.add(result.url)
+        if self._silent:
+            # Nothing in the text to point at: the span is empty, at the start.
+            self._annotate(result, 0, 0)
+        elif self._wrote_text:
+            self._late.append(result)
+        else:
+            self._header_citations = True
+            self._citation_line(result)
+
+    def _length(self) -> None:
+        if self.last_message_id is None or self.continuations >= self._max_continuations:
+            self.state = State.ENDED
+            self._finish = "length"
+
+    # -- citations ---------------------------------------------------------------------------
+
+    def _citation_line(self, result: SearchResult) -> None:
+        prefix = f"{len(self._annotations) + 1}. "
+        title = _md_label(result.title or result.site_name or result.url)
+        link = f"[{title}]({_md_url(result.url)})"
+        start = self._content_len + len(prefix)
+        self._annotate(result, start, start + len(link))
+        self._write(prefix + link + "\n")
+
+    def _citation_block(self) -> None:
+        # Late results exist only after answer text, so there is a last piece of content.
+        self._write("\n" if self._content[-1].endswith("\n") else "\n\n")
+        for result in self._late:
+            self._citation_line(result)
+        self._late.clear()
+
+    def _annotate(self, result: SearchResult, start: int, end: int) -> None:
+        self._annotations.append(
+            {
+                "type": "url_citation",
+                "url_citation": {
+                    "url": result.url,
+                    "title": result.title or result.site_name or result.url,
+                    "start_index": start,
+                    "end_index": end,
+                },
+            }
+        )
+
+    # -- chunks ------------------------------------------------------------------------------
+
+    def _write(self, text: str) -> None:
+        self._delta("content", text)
+        self._content.append(text)
+        self._content_len += len(text)
+
+    def _delta(self, key: str, text: str) -> None:
+        # Consecutive deltas of one kind within one `feed` become one chunk: fewer, larger
+        # writes for the client, and the concatenated text is the same.
+        if self._out:
+            last = self._out[-1]["choices"]
+            if last and last[0]["finish_reason"] is None and list(last[0]["delta"]) == [key]:
+                last[0]["delta"][key] += text
+                return
+        self._emit({key: text}, None)
+
+    def _emit(self, delta: dict[str, Any], finish_reason: str | None) -> None:
+        if self._chunk_id is None:
+            self._chunk_id = self._completion_id or self.conversation_id or self._fallback_id
+            self._out.append(self._chunk({"role": "assistant", "content": ""}, None))
+        self._out.append(self._chunk(delta, finish_reason))
+
+    def _envelope(self) -> dict[str, Any]:
+        return {
+            "id": self._chunk_id,
+            "object": "chat.completion.chunk",
+            "created": self._created,
+            "model": self._model,
+            "system_fingerprint": self._fingerprint,
+        }
+
+    def _chunk(self, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
+        chunk = self._envelope()
+        chunk["choices"] = [
+            {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        ]
+        if self._include_usage:
+            # OpenAI: with include_usage, every chunk but the last carries `usage: null`.
+            chunk["usage"] = None
+        return chunk
+
+
+def _md_label(text: str) -> str:
+    flat = " ".join(text.split())
+    return flat.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
+
+
+def _md_url(url: str) -> str:
+    url = "".join(url.split())
+    for ch, code in (("(", "%28"), (")", "%29"), ("<", "%3C"), (">", "%3E")):
+        url = url.replace(ch, code)
+    return url

@@ -1,0 +1,184 @@
+"""ResponseTranslator: Kimi's response bytes (either dialect) → OpenAI chat.completion.chunk dicts.
+
+    decoder (LegacyDecoder / ConnectDecoder): bytes → UpstreamEvent ...
+    Assembler (_assembler.py): UpstreamEvent → chunk dicts, one state machine
+
+The addon feeds the body as it arrives and sends what comes back with `encode_sse`; after
+`close()` it writes `SSE_DONE` itself, exactly once. For a non-streaming client it folds the same
+chunks with `fold_completion`, so both forms cannot disagree.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from ._assembler import Assembler, State
+from ._errors import RemoteProtocolError, TranslatorError
+from ._upstream import StreamDecoder, UpstreamEvent
+
+__all__ = ["ResponseTranslator"]
+
+
+class ResponseTranslator:
+    """One answer: feed Kimi's body, get OpenAI chunks.
+
+    Args:
+        decoder: the dialect's decoder for this body.
+        completion_id: the chunk id (the proxy uses the Kimi conversation id, so a client can
+            continue the conversation by it); None to take the conversation id the stream
+            reports (Connect), or `fallback_id` if content comes first.
+        fallback_id: the id when neither is known; by default derived from model, created and
+            prompt (deterministic: the translator has no randomness).
+        model, created, system_fingerprint: copied into every chunk.
+        silent: search results go into annotations only, not into the text.
+        include_usage: end with a usage chunk (`stream_options.include_usage`).
+        prompt_text: the text sent to Kimi, for the prompt token estimate.
+        max_continuations: how many times a `length` stop may be continued.
+
+    Errors: `feed`/`close` raise `RemoteProtocolError` for an in-stream failure or bytes that
+    break the protocol; the translator is then in ERROR and every later call raises again.
+    Chunks produced before the failure within the same `feed` are returned first, and the
+    error is raised by the next call, so nothing Kimi said is lost.
+    """
+
+    def __init__(
+        self,
+        decoder: StreamDecoder,
+        *,
+        completion_id: str | None,
+        model: str,
+        created: int,
+        silent: bool = False,
+        include_usage: bool = False,
+        prompt_text: str = "",
+        max_continuations: int = 3,
+        system_fingerprint: str | None = None,
+        fallback_id: str | None = None,
+    ) -> None:
+        if fallback_id is None:
+            digest = hashlib.sha256(f"{model}\0{created}\0{prompt_text}".encode()).hexdigest()
+            fallback_id = "chatcmpl-" + digest[:29]
+        self._decoder = decoder
+        self._asm = Assembler(
+            completion_id=completion_id,
+            fallback_id=fallback_id,
+            model=model,
+            created=created,
+            silent=silent,
+            include_usage=include_usage,
+            prompt_text=prompt_text,
+            max_continuations=max_continuations,
+            system_fingerprint=system_fingerprint,
+        )
+
+    @property
+    def state(self) -> State:
+        return self._asm.state
+
+    @property
+    def started(self) -> bool:
+        """True once a chunk was produced: the reply can no longer be an HTTP error."""
+        return self._asm.started
+
+    @property
+    def continuation_segment(self) -> str | None:
+        """After a `length` stop with budget left: the segment id to continue from."""
+        return self._asm.continuation_segment
+
+    @property
+    def conversation_id(self) -> str | None:
+        """The conversation id the stream reported (Connect), if any."""
+        return self._asm.conversation_id
+
+    @property
+    def last_message_id(self) -> str | None:
+        """The last assistant message / segment id the stream reported, if any."""
+        return self._asm.last_message_id
+
+    @property
+    def event_counts(self) -> dict[str, int]:
+        """How many events of each kind were seen: UpstreamEvent class names, `Noise:<kind>`,
+        `Unknown:<kind>`, plus `abrupt_end` and `continuation`."""
+        return dict(self._asm.event_counts)
+
+    def feed(self, data: bytes) -> list[dict[str, Any]]:
+        """Translate the next slice of Kimi's body.
+
+        Raises:
+            RemoteProtocolError: see the class doc.
+        """
+        self._check_open()
+        try:
+            events = self._decoder.feed(data)
+        except RemoteProtocolError as err:
+            raise self._asm.fail(err) from None
+        return self._apply(events)
+
+    def close(self) -> list[dict[str, Any]]:
+        """The body ended: the final chunks (finish chunk, then the usage chunk if asked for).
+        The caller writes `SSE_DONE` after them. A second call returns [].
+
+        Raises:
+            RemoteProtocolError: see the class doc; also when no answer came at all.
+        """
+        if self._asm.state is State.CLOSED:
+            return []
+        self._check_open()
+        out = self._flush()
+        if self._asm.state is State.ERROR:
+            return out  # the error follows at the next call
+        self._asm.finish()  # raises when nothing of an answer came (then `out` is empty)
+        return out + self._asm.drain()
+
+    def begin_continuation(self, decoder: StreamDecoder) -> None:
+        """Continue the answer with the body of a continuation call (after `continuation_segment`
+        was posted): later `feed`s go to `decoder`. The previous decoder is closed first; what it
+        still held can only be bookkeeping (content is not allowed after a length stop), or a
+        moderation verdict, which ends the answer instead (`continuation_segment` is then None
+        and the continuation body should not be fed).
+
+        Raises:
+            RuntimeError: no continuation is pending (a bug in the caller).
+            RemoteProtocolError: the previous body ended badly.
+        """
+        if self._asm.state is not State.CONTINUE:
+            raise RuntimeError(f"begin_continuation() in state {self._asm.state.name}")
+        self._flush()  # no chunks: the table allows no content in CONTINUE
+        if self._asm.state is State.CONTINUE:
+            self._asm.resume()
+            self._decoder = decoder
+
+    def error_chunk(self, err: TranslatorError) -> dict[str, Any]:
+        """The final `{"error": {...}}` object for a stream that already started (the addon
+        sends it with `encode_sse`, then `SSE_DONE`)."""
+        return err.to_openai()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._asm.error is not None:
+            raise self._asm.error
+        if self._asm.state is State.CLOSED:
+            raise RemoteProtocolError(
+                "Kimi's answer was already closed", code="upstream_protocol_error"
+            )
+
+    def _flush(self) -> list[dict[str, Any]]:
+        try:
+            events = self._decoder.close()
+        except RemoteProtocolError as err:
+            raise self._asm.fail(err) from None
+        return self._apply(events)
+
+    def _apply(self, events: list[UpstreamEvent]) -> list[dict[str, Any]]:
+        try:
+            for ev in events:
+                self._asm.handle(ev)
+        except RemoteProtocolError:
+            # Chunks already made go out first; `_check_open` raises the error next time.
+            out = self._asm.drain()
+            if not out:
+                raise
+            return out
+        return self._asm.drain()

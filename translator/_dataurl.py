@@ -88,7 +88,7 @@ def _forgiving_base64(raw: bytes, bad: Callable[[str], LocalProtocolError]) -> b
     try:
         return base64.b64decode(compact + b"=" * (-len(compact) % 4), validate=True)
     except binascii.Error:
-        raise bad("the base64 data contains characters outside the base64 alphabet") from None
+        raise bad("the data is not valid base64 (bad character or misplaced padding)") from None
 
 
 # --- sniffing ------------------------------------------------------------------------------------

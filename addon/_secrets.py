@@ -71,10 +71,11 @@ _PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
     (re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), REDACTED),
     # OpenAI-style keys (our gateway and admin keys).
     (re.compile(r"\bsk-[A-Za-z0-9_-]{6,}"), REDACTED),
-    # Anything else that looks like a long opaque token. 32+ characters of token alphabet with
-    # at least one digit: long enough to spare words, paths and Kimi's 20-character chat ids.
+    # Anything else that looks like a long opaque token: 32+ characters of the base64/hex
+    # alphabet with at least one digit. Long enough to spare words and Kimi's 20-character chat
+    # ids; "/" and "." are not in the class, so URL paths and file names survive.
     (
-        re.compile(r"(?<![A-Za-z0-9_\-+/=.])(?=[A-Za-z0-9_\-+/=.]*\d)[A-Za-z0-9_\-+/=.]{32,}"),
+        re.compile(r"(?<![A-Za-z0-9_\-+=])(?=[A-Za-z0-9_\-+=]*\d)[A-Za-z0-9_\-+=]{32,}"),
         REDACTED,
     ),
 )

@@ -1,0 +1,506 @@
+"""The token lifecycle and the choice of account for each request.
+
+Theory of operation
+-------------------
+`resolve(credentials)` turns a client's bearer value into accounts: comma-joined Kimi refresh
+tokens (each mapped to its store account by fingerprint, created on first sight), or a gateway
+key (`sk-...`) naming configured accounts. `acquire(accounts)` leases the least-busy usable one;
+`access_token(account)` gives a valid access token, refreshing when the cached one expires
+within `refresh_margin`.
+
+A refresh ROTATES the refresh token (single holder), so:
+- one refresh per account at a time (single flight): concurrent callers await the same task;
+- the task runs detached from its callers (`asyncio.shield`), so a client hanging up mid-refresh
+  cannot cancel it between Kimi rotating the token and the store recording the rotation;
+- the rotation is committed to the store BEFORE the access token is returned;
+- the store is re-read before and after a refresh, so a rotation made by another process
+  sharing the store is picked up instead of refreshing with a token that is already dead.
+
+Health: `ok`; `cooling` until `cooling_until` (Retry-After, else `cooldown`) after a rate limit;
+`dead` when the refresh token is rejected after one refresh attempt (current token, then the
+previous one as fallback). A dead account is skipped, never refreshed again, and stays dead until
+its token changes: a configured account revives when its configured value changes
+(`Store.upsert_config_account`); a client logs in again and sends the new token, which becomes a
+new account (the dead row stays for `/v1/accounts` until deleted).
+
+Busy: each account serves at most `max_concurrency` requests of this process at once. When every
+usable account is at the cap, `acquire` waits up to `busy_wait` seconds (2 s by default) for a
+slot and then fails fast with 429 "all accounts busy": a short wait absorbs bursts, a long queue
+would only hide overload from clients that can retry themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Generator, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Any
+
+from translator import RemoteProtocolError, TranslatorError
+from translator._jwt import decode_jwt_claims
+
+from ._config import Config
+from ._secrets import constant_time_equal, hash_key
+from ._store import Account, Store
+
+__all__ = [
+    "AccessDenied",
+    "AccountPool",
+    "AuthFailed",
+    "Lease",
+    "NoAccountAvailable",
+    "RateLimited",
+    "TokenGrant",
+    "TransientFailure",
+]
+
+#: Kimi's long-text quota window (about 30 rounds per 3 hours for ordinary accounts)
+LONG_TEXT_WINDOW = 3 * 3600.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenGrant:
+    """What one refresh call returned. `refresh_token` None: not rotated; `expires_at` None:
+    unknown (the JWT `exp` claim or the default TTL is used)."""
+
+    access_token: str = field(repr=False)
+    refresh_token: str | None = field(repr=False, default=None)
+    expires_at: float | None = None
+
+
+class AuthFailed(Exception):
+    """Kimi rejected the refresh token (HTTP 401 / `auth.token.invalid`): it is dead."""
+
+
+class TransientFailure(Exception):
+    """A network error or 5xx; says nothing about the token. `retry_after` in seconds."""
+
+    def __init__(self, message: str, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RateLimited(TransientFailure):
+    """Kimi throttled this account (429, `resource_exhausted`, quota): cool it down."""
+
+
+class AccessDenied(TranslatorError):
+    """The client's credentials are missing, invalid, or not allowed here (401 / 403)."""
+
+    default_status = 401
+    default_type = "invalid_request_error"
+
+
+class NoAccountAvailable(TranslatorError):
+    """No account can take the request: all dead (401), cooling or busy (429)."""
+
+    default_status = 429
+    default_type = "rate_limit_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        type: str | None = None,  # the OpenAI field name, as in TranslatorError
+        code: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        super().__init__(message, status=status, type=type, code=code)
+        #: seconds, for a Retry-After header
+        self.retry_after = retry_after
+
+
+RefreshFn = Callable[[str], Awaitable[TokenGrant]]
+
+
+class AccountPool:
+    """Resolves client credentials to accounts, leases them, and keeps their tokens alive."""
+
+    def __init__(
+        self,
+        store: Store,
+        *,
+        refresh: RefreshFn,
+        clock: Callable[[], float],
+        max_concurrency: int = 5,
+        cooldown: float = 60.0,
+        refresh_margin: float = 30.0,
+        default_access_ttl: float = 300.0,
+        busy_wait: float = 2.0,
+        require_key: bool = False,
+        admin_key: str | None = None,
+    ) -> None:
+        self.store = store
+        self._refresh_fn = refresh
+        self._clock = clock
+        self.max_concurrency = max_concurrency
+        self.cooldown = cooldown
+        self.refresh_margin = refresh_margin
+        self.default_access_ttl = default_access_ttl
+        self.busy_wait = busy_wait
+        self.require_key = require_key
+        self._admin_hash = None if admin_key is None else hash_key(admin_key)
+        self._in_flight: dict[str, int] = {}
+        self._refreshing: dict[str, asyncio.Task[str]] = {}
+        self._freed: asyncio.Event | None = None
+
+    # -- configuration and credentials ------------------------------------------------------
+
+    def apply_config(self, config: Config) -> dict[str, Account]:
+        """Sync the store with the config (accounts by label, the exact set of gateway keys) and
+        adopt `require_key` / `admin_key`. Returns the configured accounts by label."""
+        now = self._clock()
+        by_label = {
+            a.label: self.store.upsert_config_account(
+                a.label, a.refresh_token, dialect=a.dialect, now=now
+            )
+            for a in config.accounts
+        }
+        self.store.replace_gateway_keys(
+            (k.key, k.label, [by_label[x].id for x in (k.accounts or tuple(by_label))])
+            for k in config.keys
+        )
+        self.require_key = config.refuses_raw_tokens
+        self._admin_hash = None if config.admin_key is None else hash_key(config.admin_key)
+        return by_label
+
+    def is_admin(self, credentials: str) -> bool:
+        """True when `credentials` (a bearer value) is the configured admin key."""
+        value = _strip_bearer(credentials)
+        return self._admin_hash is not None and constant_time_equal(
+            hash_key(value), self._admin_hash
+        )
+
+    def resolve(self, credentials: str) -> list[Account]:
+        """The accounts a client's bearer value names, in order, without duplicates.
+
+        Raises:
+            AccessDenied: nothing given (401 "missing token"), an unknown `sk-` key (401), a raw
+                Kimi token while keys are required (401), or a key without accounts (403).
+        """
+        parts = [p.strip() for p in _strip_bearer(credentials).split(",")]
+        parts = list(dict.fromkeys(p for p in parts if p))
+        if not parts:
+            raise AccessDenied(
+                "missing token: send 'Authorization: Bearer <Kimi refresh token or API key>'",
+                code="missing_token",
+            )
+        now = self._clock()
+        found: dict[str, Account] = {}
+        for part in parts:
+            if part.startswith("sk-"):
+                grant = self.store.verify_gateway_key(part)
+                if grant is None:
+                    raise AccessDenied("invalid API key", code="invalid_api_key")
+                found.update(self.store.get_accounts(grant.account_ids))
+            elif self.require_key:
+                raise AccessDenied(
+                    "this proxy requires an API key (sk-...); Kimi tokens are not accepted",
+                    code="invalid_api_key",
+                )
+            else:
+                account = self.store.account_for_token(part, now=now)
+                found[account.id] = account
+        if not found:
+            raise AccessDenied("this API key has no Kimi accounts", status=403, code="no_accounts")
+        return list(found.values())
+
+    # -- access tokens ----------------------------------------------------------------------
+
+    def _fresh(self, account: Account, now: float) -> bool:
+        expires = account.access_expires_at
+        return (
+            account.access_token is not None
+            and expires is not None
+            and expires - self.refresh_margin > now
+        )
+
+    async def access_token(self, account: Account) -> str:
+        """A valid access token for `account`, refreshing (once, shared) when needed.
+
+        Raises:
+            AuthFailed: the account is dead, or Kimi rejected its refresh token now.
+            TransientFailure: the refresh call failed for a reason unrelated to the token.
+        """
+        current = self.store.get_account(account.id)
+        if current is None:
+            raise KeyError(account.id)
+        if current.health == "dead":
+            raise AuthFailed("the account's refresh token was rejected by Kimi earlier")
+        if self._fresh(current, self._clock()):
+            assert current.access_token is not None
+            return current.access_token
+        task = self._refreshing.get(account.id)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(self._refresh(account.id))
+            self._refreshing[account.id] = task
+            task.add_done_callback(self._refresh_done(account.id))
+        return await asyncio.shield(task)
+
+    def _refresh_done(self, account_id: str) -> Callable[[asyncio.Task[str]], None]:
+        def done(task: asyncio.Task[str]) -> None:
+            if self._refreshing.get(account_id) is task:
+                del self._refreshing[account_id]
+            if not task.cancelled():
+                task.exception()  # retrieved here, so an unawaited failure is not "lost"
+
+        return done
+
+    async def _refresh(self, account_id: str) -> str:
+        tried: list[str] = []
+        while len(tried) < 3:
+            account = self.store.get_account(account_id)
+            if account is None:
+                raise KeyError(account_id)
+            if self._fresh(account, self._clock()):  # another process refreshed meanwhile
+                assert account.access_token is not None
+                return account.access_token
+            # The current token first; the previous one as a fallback while it is unknown
+            # whether a rotated-out token stays valid on the legacy service.
+            token = next(
+                (
+                    t
+                    for t in (account.refresh_token, account.previous_refresh_token)
+                    if t is not None and t not in tried
+                ),
+                None,
+            )
+            if token is None:
+                break
+            tried.append(token)
+            try:
+                grant = await self._refresh_fn(token)
+            except AuthFailed:
+                continue
+            now = self._clock()
+            self.store.record_rotation(
+                account_id,
+                refresh_token=grant.refresh_token,
+                access_token=grant.access_token,
+                access_expires_at=self._expiry(grant, now),
+                now=now,
+            )
+            return grant.access_token
+        error = "Kimi rejected the refresh token: log in again and send the new token"
+        self.store.set_health(account_id, "dead", now=self._clock(), error=error, failure=True)
+        raise AuthFailed(error)
+
+    def _expiry(self, grant: TokenGrant, now: float) -> float:
+        if grant.expires_at is not None:
+            return grant.expires_at
+        try:
+            exp = decode_jwt_claims(grant.access_token).exp
+        except RemoteProtocolError:  # not a JWT: the legacy service's opaque tokens
+            exp = None
+        return float(exp) if exp is not None else now + self.default_access_ttl
+
+    def invalidate_access(self, account: Account, access_token: str | None = None) -> None:
+        """Drop the cached access token after Kimi refused it mid-flight; the next
+        `access_token` call refreshes. Give the refused token so a newer one is kept."""
+        self.store.clear_access(account.id, only_if=access_token)
+
+    # -- health and counters ----------------------------------------------------------------
+
+    def mark_dead(self, account: Account, error: str | BaseException) -> None:
+        self.store.set_health(account.id, "dead", now=self._clock(), error=str(error), failure=True)
+
+    def mark_cooling(
+        self, account: Account, seconds: float | None, error: str | BaseException
+    ) -> None:
+        """Rest the account for `seconds` (Retry-After), else for `cooldown`."""
+        now = self._clock()
+        until = now + (self.cooldown if seconds is None else max(0.0, seconds))
+        self.store.set_health(
+            account.id, "cooling", now=now, cooling_until=until, error=str(error), failure=True
+        )
+
+    def mark_ok(self, account: Account) -> None:
+        self.store.set_health(account.id, "ok", now=self._clock())
+
+    def note_long_text_round(self, account: Account) -> int:
+        """Count a long-text question against Kimi's per-window quota; returns the count."""
+        return self.store.count_long_text_round(
+            account.id, now=self._clock(), window=LONG_TEXT_WINDOW
+        )
+
+    def mark_for(self, account: Account, error: BaseException) -> None:
+        """Record what `error` says about the account (see `Lease.fail_over`)."""
+        status = error.status if isinstance(error, TranslatorError) else None
+        if isinstance(error, AuthFailed) or status == 401:
+            self.mark_dead(account, error)
+        elif isinstance(error, RateLimited) or status in (402, 429):
+            self.mark_cooling(account, getattr(error, "retry_after", None), error)
+        elif isinstance(error, TransientFailure) and error.retry_after is not None:
+            self.mark_cooling(account, error.retry_after, error)
+        else:
+            self.store.count_failure(account.id, error=str(error), now=self._clock())
+
+    # -- leasing ----------------------------------------------------------------------------
+
+    def acquire(self, accounts: Sequence[Account]) -> Lease:
+        """`async with pool.acquire(accounts) as lease:` — see `Lease`."""
+        return Lease(self, [a.id for a in accounts])
+
+    def describe(self) -> list[dict[str, Any]]:
+        """Every account without tokens, as JSON objects (for `/v1/accounts`), with the
+        requests this process has in flight on each."""
+        return [
+            {**view.to_json(), "in_flight": self.in_flight(view.id)}
+            for view in self.store.list_accounts()
+        ]
+
+    def in_flight(self, account_id: str) -> int:
+        return self._in_flight.get(account_id, 0)
+
+    def choose(self, ids: Sequence[str], exclude: set[str]) -> Account:
+        """Take a slot on the best usable account now, or raise why none is usable.
+
+        Best: fewest requests in flight here, then fewest requests served, then client order.
+        """
+        now = self._clock()
+        current = self.store.get_accounts(ids)
+        candidates = [current[i] for i in ids if i in current and i not in exclude]
+        if not candidates:
+            raise NoAccountAvailable(
+                "every account was tried and failed", status=503, code="accounts_exhausted"
+            )
+        alive = [a for a in candidates if a.health != "dead"]
+        if not alive:
+            raise NoAccountAvailable(
+                "Kimi rejected every account's token: log in again and send the new token",
+                status=401,
+                type="invalid_request_error",
+                code="account_dead",
+            )
+        rested = [a for a in alive if (a.view.cooling_until or 0.0) <= now]
+        if not rested:
+            wait = min((a.view.cooling_until or now) for a in alive) - now
+            raise NoAccountAvailable(
+                f"all accounts are cooling down after rate limits; retry in {wait:.0f} s",
+                code="accounts_cooling",
+                retry_after=wait,
+            )
+        free = [a for a in rested if self.in_flight(a.id) < self.max_concurrency]
+        if not free:
+            raise NoAccountAvailable("all accounts are busy", code="accounts_busy", retry_after=1.0)
+        order = {account_id: i for i, account_id in enumerate(ids)}
+        best = min(free, key=lambda a: (self.in_flight(a.id), a.view.requests, order[a.id]))
+        self._in_flight[best.id] = self.in_flight(best.id) + 1
+        self.store.count_request(best.id, now=now)
+        return best
+
+    async def take(self, ids: Sequence[str], exclude: set[str]) -> Account:
+        """`choose`, waiting up to `busy_wait` seconds while every usable account is busy."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.busy_wait
+        while True:
+            try:
+                return self.choose(ids, exclude)
+            except NoAccountAvailable as exc:
+                remaining = deadline - loop.time()
+                if exc.code != "accounts_busy" or remaining <= 0:
+                    raise
+            if self._freed is None:
+                self._freed = asyncio.Event()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._freed.wait(), remaining)
+
+    def release(self, account_id: str) -> None:
+        """Give a slot back and wake any request waiting for one."""
+        left = self.in_flight(account_id) - 1
+        if left > 0:
+            self._in_flight[account_id] = left
+        else:
+            self._in_flight.pop(account_id, None)
+        if self._freed is not None:
+            self._freed.set()
+            self._freed = None  # waiters hold the old event; the next wait gets a fresh one
+
+
+class Lease:
+    """One request's hold on an account, with failover.
+
+    ```python
+    async with pool.acquire(accounts) as lease:
+        while lease.account is not None:
+            try:
+                ...use lease.account...
+                break
+            except (AuthFailed, TransientFailure, RemoteProtocolError) as exc:
+                if lease.fail_over(exc) is None:
+                    raise lease.refusal or exc
+    ```
+    Entering raises `NoAccountAvailable` when no account can be had. Leaving without an
+    exception marks a cooling account ok again; leaving with one marks nothing (a client that
+    hangs up says nothing about the account). The slot is always given back.
+    """
+
+    def __init__(self, pool: AccountPool, ids: list[str]) -> None:
+        self._pool = pool
+        self._ids = ids
+        self._tried: set[str] = set()
+        self.account: Account | None = None
+        #: why `fail_over` found no next account
+        self.refusal: NoAccountAvailable | None = None
+
+    async def _take(self) -> Lease:
+        if self.account is None and not self._tried:
+            self.account = await self._pool.take(self._ids, self._tried)
+            self._tried.add(self.account.id)
+        return self
+
+    def __await__(self) -> Generator[Any, None, Lease]:
+        """`lease = await pool.acquire(...)` takes the account now (then `async with lease`)."""
+        return self._take().__await__()
+
+    async def __aenter__(self) -> Lease:
+        return await self._take()
+
+    @property
+    def index(self) -> int | None:
+        """The current account's position in the list given to `acquire`."""
+        return None if self.account is None else self._ids.index(self.account.id)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        account, self.account = self.account, None
+        if account is None:
+            return
+        self._pool.release(account.id)
+        if exc_type is None and account.health != "ok":
+            self._pool.mark_ok(account)
+
+    def fail_over(self, error: BaseException) -> Account | None:
+        """Mark the current account per `error`, release it, and take the next candidate.
+
+        AuthFailed or status 401 → dead (only AFTER the one refresh-and-retry: see
+        `AccountPool.invalidate_access`); RateLimited or status 402/429 → cooling (its
+        `retry_after`, else the cooldown); TransientFailure with `retry_after` → cooling; anything
+        else counts a failure only. Returns the next account (already leased) or None, with
+        `refusal` saying why.
+        """
+        account, self.account = self.account, None
+        if account is None:
+            return None
+        self._pool.mark_for(account, error)
+        self._pool.release(account.id)
+        try:
+            self.account = self._pool.choose(self._ids, self._tried)
+        except NoAccountAvailable as exc:
+            self.refusal = exc
+            return None
+        self._tried.add(self.account.id)
+        return self.account
+
+
+def _strip_bearer(value: str) -> str:
+    """The credentials with an optional leading `Bearer` scheme word removed."""
+    scheme, _, rest = value.strip().partition(" ")
+    return rest.strip() if scheme.lower() == "bearer" else value.strip()

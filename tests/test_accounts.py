@@ -1,0 +1,444 @@
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+
+import pytest
+
+from addon._accounts import (
+    AccessDenied,
+    AccountPool,
+    AuthFailed,
+    NoAccountAvailable,
+    RateLimited,
+    TokenGrant,
+    TransientFailure,
+)
+from addon._config import parse_config
+from addon._store import Store
+from translator import RemoteProtocolError
+
+KEY = "sk-team-0123456789abcdef"
+ADMIN = "sk-admin-0123456789abcdef"
+
+
+def jwt(payload: dict) -> str:
+    def seg(obj):
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    return f"{seg({'alg': 'HS256'})}.{seg(payload)}.c2ln"
+
+
+class Clock:
+    def __init__(self, now: float = 1000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class FakeKimi:
+    """The refresh endpoint: each call rotates the refresh token (single holder)."""
+
+    def __init__(self, clock: Clock, *, ttl: float | None = 600.0, expires_in_grant=False):
+        self.clock = clock
+        self.ttl = ttl
+        self.expires_in_grant = expires_in_grant
+        self.valid: set[str] = set()
+        self.calls: list[str] = []
+        self.gate: asyncio.Event | None = None
+        self.n = 0
+
+    def issue(self, name: str) -> str:
+        self.valid.add(name)
+        return name
+
+    async def refresh(self, token: str) -> TokenGrant:
+        self.calls.append(token)
+        if self.gate is not None:
+            await self.gate.wait()
+        if token not in self.valid:
+            raise AuthFailed("401")
+        self.valid.discard(token)
+        self.n += 1
+        new = self.issue(f"{token.split('#')[0]}#{self.n}")
+        if self.ttl is None:
+            access = f"opaque-access-{self.n}"
+        else:
+            access = jwt({"sub": "u1", "exp": int(self.clock.now + self.ttl)})
+        expires = self.clock.now + 42 if self.expires_in_grant else None
+        return TokenGrant(access_token=access, refresh_token=new, expires_at=expires)
+
+
+@pytest.fixture
+def clock():
+    return Clock()
+
+
+@pytest.fixture
+def store(tmp_path):
+    s = Store(tmp_path / "s.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def kimi(clock):
+    return FakeKimi(clock)
+
+
+def make_pool(store, kimi, clock, **kw):
+    return AccountPool(store, refresh=kimi.refresh, clock=clock, **kw)
+
+
+# -- resolve ------------------------------------------------------------------------------
+
+
+def test_resolve_comma_joined_tokens(store, kimi, clock):
+    pool = make_pool(store, kimi, clock)
+    accounts = pool.resolve(" tokA , tokB,, tokA ,")
+    assert len(accounts) == 2
+    assert [a.refresh_token for a in accounts] == ["tokA", "tokB"]
+    assert [a.id for a in pool.resolve("Bearer tokA")] == [accounts[0].id]
+
+
+@pytest.mark.parametrize("value", ["", "  ", "Bearer ", " , ,"])
+def test_resolve_missing_token(store, kimi, clock, value):
+    with pytest.raises(AccessDenied) as info:
+        make_pool(store, kimi, clock).resolve(value)
+    assert info.value.status == 401
+    assert info.value.code == "missing_token"
+    assert "missing token" in info.value.to_openai()["error"]["message"]
+
+
+def config(**extra):
+    data = {
+        "accounts": [
+            {"label": "alice", "refresh_token": "alice-token"},
+            {"label": "bob", "refresh_token": "bob-token"},
+        ],
+        "keys": [{"key": KEY, "label": "team", "accounts": ["bob"]}],
+        "admin_key": ADMIN,
+    }
+    data.update(extra)
+    return parse_config(data)
+
+
+def test_gateway_keys_and_required_key(store, kimi, clock):
+    pool = make_pool(store, kimi, clock)
+    by_label = pool.apply_config(config())
+    assert pool.require_key
+    assert [a.id for a in pool.resolve(f"Bearer {KEY}")] == [by_label["bob"].id]
+    with pytest.raises(AccessDenied) as info:
+        pool.resolve("sk-team-0123456789abcdeX")
+    assert (info.value.status, info.value.code) == (401, "invalid_api_key")
+    with pytest.raises(AccessDenied, match="requires an API key") as info:
+        pool.resolve("alice-token")
+    assert info.value.status == 401
+    assert pool.is_admin(f"Bearer {ADMIN}")
+    assert not pool.is_admin(KEY)
+    # keys may be opened up again, and a key without accounts list means all configured
+    pool.apply_config(
+        config(require_key=False, keys=[{"key": KEY, "label": "team"}], admin_key=None)
+    )
+    assert not pool.require_key
+    assert not pool.is_admin(ADMIN)
+    assert {a.id for a in pool.resolve(KEY)} == {by_label["alice"].id, by_label["bob"].id}
+    assert pool.resolve("alice-token")[0].id == by_label["alice"].id  # same account, by fingerprint
+
+
+def test_key_without_accounts_is_forbidden(store, kimi, clock):
+    pool = make_pool(store, kimi, clock)
+    pool.apply_config(parse_config({"keys": [{"key": KEY, "label": "empty"}]}))
+    with pytest.raises(AccessDenied) as info:
+        pool.resolve(KEY)
+    assert info.value.status == 403
+
+
+# -- access tokens ------------------------------------------------------------------------
+
+
+async def test_single_flight_refresh(store, kimi, clock):
+    pool = make_pool(store, kimi, clock)
+    [account] = pool.resolve(kimi.issue("T1"))
+    kimi.gate = asyncio.Event()
+    first = asyncio.create_task(pool.access_token(account))
+    second = asyncio.create_task(pool.access_token(account))
+    await asyncio.sleep(0.01)
+    kimi.gate.set()
+    a, b = await asyncio.gather(first, second)
+    assert a == b
+    assert kimi.calls == ["T1"]
+    # cached now: no further call
+    assert await pool.access_token(account) == a
+    assert kimi.calls == ["T1"]
+
+
+async def test_rotation_is_persisted_before_the_token_is_returned(store, kimi, clock):
+    pool = make_pool(store, kimi, clock)
+    [account] = pool.resolve(kimi.issue("T1"))
+    events = []
+    real = store.record_rotation
+
+    def recording(*args, **kw):
+        events.append("recorded")
+        return real(*args, **kw)
+
+    store.record_rotation = recording
+    token = await pool.access_token(account)
+    events.append("returned")
+    assert events == ["recorded", "returned"]
+    stored = store.get_account(account.id)
+    assert stored.refresh_token == "T1#1"
+    assert stored.access_token == token
+    # a fresh store instance (a restart) sees the rotation
+    again = Store(store.path)
+    assert again.get_account(account.id).refresh_token == "T1#1"
+    again.close()
+
+
+async def test_token_is_not_returned_when_the_rotation_cannot_be_saved(store, kimi, clock):
+    pool = make_pool(store, kimi, clock)
+    [account] = pool.resolve(kimi.issue("T1"))
+
+    def failing(*args, **kw):
+        raise OSError("disk full")
+
+    store.record_rotation = failing
+    with pytest.raises(OSError, match="disk full"):
+        await pool.access_token(account)
+
+
+async def test_refresh_survives_a_cancelled_caller(store, kimi, clock):
+    pool = make_pool(store, kimi, clock)
+    [account] = pool.resolve(kimi.issue("T1"))
+    kimi.gate = asyncio.Event()
+    caller = asyncio.create_task(pool.access_token(account))
+    await asyncio.sleep(0.01)
+    caller.cancel()
+    kimi.gate.set()
+    with pytest.raises(asyncio.CancelledError):
+        await caller
+    for _ in range(10):
+        await asyncio.sleep(0)
+    assert store.get_account(account.id).refresh_token == "T1#1"  # rotation not lost
+
+
+async def test_expiry_from_jwt_exp_and_margin(store, kimi, clock):
+    pool = make_pool(store, kimi, clock, refresh_margin=30.0)
+    [account] = pool.resolve(kimi.issue("T1"))
+    first = await pool.access_token(account)
+    assert store.get_account(account.id).access_expires_at == clock.now + 600
+    clock.now += 569  # 31 s left: still fresh
+    assert await pool.access_token(account) == first
+    clock.now += 2  # 29 s left: inside the margin
+    second = await pool.access_token(account)
+    assert second != first
+    assert kimi.calls == ["T1", "T1#1"]
+
+
+async def test_expiry_from_grant_then_default_ttl(store, clock):
+    kimi = FakeKimi(clock, expires_in_grant=True)
+    pool = make_pool(store, kimi, clock)
+    [account] = pool.resolve(kimi.issue("T1"))
+    await pool.access_token(account)
+    assert store.get_account(account.id).access_expires_at == clock.now + 42
+
+    opaque = FakeKimi(clock, ttl=None)
+    pool2 = make_pool(store, opaque, clock, default_access_ttl=300.0)
+    [other] = pool2.resolve(opaque.issue("U1"))
+    token = await pool2.access_token(other)
+    assert token == "opaque-access-1"
+    assert store.get_account(other.id).access_expires_at == clock.now + 300.0
+
+
+async def test_dead_after_auth_failure_and_not_retried(store, kimi, clock):
+    pool = make_pool(store, kimi, clock)
+    [account] = pool.resolve("never-valid")
+    with pytest.raises(AuthFailed):
+        await pool.access_token(account)
+    assert store.get_account(account.id).health == "dead"
+    assert kimi.calls == ["never-valid"]
+    with pytest.raises(AuthFailed):
+        await pool.access_token(account)
+    assert kimi.calls == ["never-valid"]  # a dead account is not refreshed on every request
+    with pytest.raises(NoAccountAvailable) as info:
+        async with pool.acquire([account]):
+            pass
+    assert (info.value.status, info.value.code) == (401, "account_dead")
+
+
+async def test_previous_token_is_the_fallback(store, kimi, clock):
+    pool = make_pool(store, kimi, clock)
+    [account] = pool.resolve(kimi.issue("T1"))
+    await pool.access_token(account)  # current T1#1, previous T1
+    kimi.valid = {"T1"}  # the service kept the old one and lost the new one
+    pool.invalidate_access(account)
+    await pool.access_token(account)
+    assert kimi.calls == ["T1", "T1#1", "T1"]
+    assert store.get_account(account.id).health == "ok"
+
+
+async def test_rotation_by_another_process_is_picked_up(store, kimi, clock):
+    pool = make_pool(store, kimi, clock)
+    [account] = pool.resolve(kimi.issue("T1"))
+    real = kimi.refresh
+
+    async def racing(token):
+        if token == "T1":
+            # another process refreshed T1 first and stored its rotation (access already expired)
+            grant = await real("T1")
+            store.record_rotation(
+                account.id,
+                refresh_token=grant.refresh_token,
+                access_token="stale",
+                access_expires_at=clock.now - 1,
+                now=clock.now,
+            )
+            raise AuthFailed("401: T1 was rotated away")
+        return await real(token)
+
+    pool._refresh_fn = racing
+    token = await pool.access_token(account)
+    assert token.count(".") == 2
+    assert store.get_account(account.id).refresh_token == "T1#2"
+    assert store.get_account(account.id).health == "ok"
+
+
+async def test_transient_failure_propagates_without_killing(store, clock):
+    async def down(token):
+        raise TransientFailure("connect timeout")
+
+    pool = AccountPool(store, refresh=down, clock=clock)
+    [account] = pool.resolve("T1")
+    with pytest.raises(TransientFailure):
+        await pool.access_token(account)
+    assert store.get_account(account.id).health == "ok"
+
+
+async def test_invalidate_access_keeps_a_newer_token(store, kimi, clock):
+    pool = make_pool(store, kimi, clock)
+    [account] = pool.resolve(kimi.issue("T1"))
+    token = await pool.access_token(account)
+    pool.invalidate_access(account, "some-older-token")
+    assert await pool.access_token(account) == token
+    pool.invalidate_access(account, token)
+    clock.now += 1  # the fake's next JWT differs by its exp
+    assert await pool.access_token(account) != token
+    assert len(kimi.calls) == 2
+
+
+# -- leasing ------------------------------------------------------------------------------
+
+
+async def test_least_busy_choice(store, kimi, clock):
+    pool = make_pool(store, kimi, clock)
+    a, b = pool.resolve("A,B")
+    async with pool.acquire([a, b]) as first:
+        assert first.account.id == a.id  # tie: client order
+        assert first.index == 0
+        async with pool.acquire([a, b]) as second:
+            assert second.account.id == b.id  # fewer in flight
+            assert second.index == 1
+    assert pool.in_flight(a.id) == pool.in_flight(b.id) == 0
+    # both idle: A has served 1, B 1; serve one more on A, then B (fewer requests) is next
+    async with pool.acquire([a]):
+        pass
+    async with pool.acquire([a, b]) as third:
+        assert third.account.id == b.id
+    assert store.get_account(a.id).view.requests == 2
+
+
+async def test_concurrency_cap_fails_fast(store, kimi, clock):
+    pool = make_pool(store, kimi, clock, max_concurrency=1, busy_wait=0.05)
+    [a] = pool.resolve("A")
+    async with pool.acquire([a]):
+        with pytest.raises(NoAccountAvailable) as info:
+            async with pool.acquire([a]):
+                pass
+        assert (info.value.status, info.value.code) == (429, "accounts_busy")
+        assert info.value.retry_after == 1.0
+    assert pool.in_flight(a.id) == 0
+
+
+async def test_waits_briefly_for_a_free_slot(store, kimi, clock):
+    pool = make_pool(store, kimi, clock, max_concurrency=1, busy_wait=5.0)
+    [a] = pool.resolve("A")
+    lease = await pool.acquire([a])  # the awaitable form
+    assert lease.account.id == a.id
+
+    async def release_soon():
+        await asyncio.sleep(0.05)
+        await lease.__aexit__(None, None, None)
+
+    releaser = asyncio.create_task(release_soon())
+    async with pool.acquire([a]) as second:
+        assert second.account.id == a.id
+    await releaser
+
+
+async def test_failover_order_and_marks(store, kimi, clock):
+    pool = make_pool(store, kimi, clock, cooldown=60.0)
+    a, b, c, d = pool.resolve("A,B,C,D")
+    async with pool.acquire([a, b, c, d]) as lease:
+        assert lease.account.id == a.id
+        assert lease.fail_over(AuthFailed("401 after refresh")).id == b.id
+        assert lease.fail_over(RateLimited("429", retry_after=10.0)).id == c.id
+        assert lease.fail_over(TransientFailure("502")).id == d.id
+        assert pool.in_flight(a.id) == pool.in_flight(b.id) == pool.in_flight(c.id) == 0
+        assert lease.fail_over(RemoteProtocolError("busy", status=429)) is None
+        assert lease.refusal.code == "accounts_exhausted"
+        assert lease.account is None
+    assert store.get_account(a.id).health == "dead"
+    vb = store.get_account(b.id).view
+    assert (vb.health, vb.cooling_until) == ("cooling", clock.now + 10.0)
+    vc = store.get_account(c.id).view
+    assert (vc.health, vc.failures) == ("ok", 1)
+    vd = store.get_account(d.id).view
+    assert (vd.health, vd.cooling_until) == ("cooling", clock.now + 60.0)  # default cooldown
+    assert pool.in_flight(d.id) == 0
+
+
+async def test_cooling_accounts_are_skipped_until_they_rest(store, kimi, clock):
+    pool = make_pool(store, kimi, clock, cooldown=60.0)
+    a, b = pool.resolve("A,B")
+    pool.mark_cooling(a, None, "429")
+    pool.mark_cooling(b, 30.0, "429 Retry-After: 30")
+    with pytest.raises(NoAccountAvailable) as info:
+        async with pool.acquire([a, b]):
+            pass
+    assert (info.value.status, info.value.code) == (429, "accounts_cooling")
+    assert info.value.retry_after == 30.0
+    clock.now += 31
+    async with pool.acquire([a, b]) as lease:
+        assert lease.account.id == b.id
+    assert store.get_account(b.id).health == "ok"  # a clean exit ends the cooling
+    assert store.get_account(a.id).health == "cooling"
+
+
+async def test_exception_inside_lease_marks_nothing(store, kimi, clock):
+    pool = make_pool(store, kimi, clock)
+    [a] = pool.resolve("A")
+    pool.mark_cooling(a, 0.0, "was limited")
+    with pytest.raises(asyncio.CancelledError):
+        async with pool.acquire([a]):
+            raise asyncio.CancelledError
+    assert store.get_account(a.id).health == "cooling"
+    assert pool.in_flight(a.id) == 0
+
+
+def test_describe_and_counters_have_no_tokens(store, kimi, clock):
+    pool = make_pool(store, kimi, clock)
+    [a] = pool.resolve("secret-refresh-token-value")
+    assert pool.note_long_text_round(a) == 1
+    assert pool.note_long_text_round(a) == 2
+    rows = pool.describe()
+    assert rows[0]["id"] == a.id
+    assert rows[0]["in_flight"] == 0
+    assert rows[0]["long_text_rounds"] == 2
+    assert "secret-refresh-token-value" not in json.dumps(rows)
+    pool.mark_dead(a, "Bearer secret-refresh-token-value was refused")
+    assert "secret-refresh-token-value" not in json.dumps(pool.describe())
+    pool.mark_ok(a)
+    assert store.get_account(a.id).health == "ok"

@@ -101,3 +101,12 @@ def test_encoded_payload_is_valid_json_roundtrip():
     payload = {"message": {"blocks": [{"text": {"content": "a\u2028b\x00"}}]}}
     (env,) = EnvelopeDecoder().feed(encode_envelope(payload))
     assert json.loads(env.payload) == payload
+
+
+def test_envelopes_before_a_bad_header_are_delivered_then_the_error():
+    decoder = EnvelopeDecoder(max_message_bytes=10)
+    data = encode_envelope(b"{}") + b"\x00" + struct.pack(">I", 11)
+    assert decoder.feed(data) == [Envelope(flags=0, payload=b"{}")]
+    with pytest.raises(RemoteProtocolError) as info:
+        decoder.close()
+    assert info.value.code == "frame_too_large"

@@ -532,3 +532,16 @@ def test_connect_error_clips_long_bodies_and_keeps_text():
     err = connect_error(500, "错误".encode() * 2000)
     assert err.message.startswith("Kimi answered HTTP 500: 错误")
     assert err.message.endswith("…")
+
+
+def test_events_before_a_fault_in_the_same_read_are_delivered_first():
+    decoder = ConnectDecoder()
+    good = encode_envelope({"op": "set", "mask": "block.text", "block": {"text": {"content": "a"}}})
+    assert decoder.feed(good + encode_envelope(b"oops") + encode_envelope({"done": {}})) == [
+        TextDelta(text="a")
+    ]
+    with pytest.raises(RemoteProtocolError) as info:
+        decoder.feed(b"")
+    assert info.value.code == "bad_json"
+    with pytest.raises(RemoteProtocolError):
+        decoder.close()

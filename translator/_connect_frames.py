@@ -19,7 +19,9 @@ Any other bit is reserved by the specification and refused, so a desynchronised 
 length that was really text) is caught as early as possible.
 
 `EnvelopeDecoder` is incremental: `feed` accepts any slice of the body (one byte, half a header,
-three envelopes at once) and returns the envelopes completed so far. A declared length above
+three envelopes at once) and returns the envelopes completed so far. A fault is raised by the
+first call that has no earlier good envelope left to return, so what a caller receives before
+the error is the same however the body was cut. A declared length above
 `max_message_bytes` is refused as soon as the header is complete, before any of it is buffered,
 so a hostile or corrupt length cannot make us hold gigabytes.
 """
@@ -116,7 +118,14 @@ class EnvelopeDecoder:
         buffer = self._buffer
         while len(buffer) - start >= _HEADER.size:
             flags, length = _HEADER.unpack_from(buffer, start)
-            self._check_header(flags, length)
+            try:
+                self._check_header(flags, length)
+            except RemoteProtocolError:
+                if not envelopes:
+                    raise
+                # Deliver the envelopes that came before the fault; the next call raises it.
+                # So the envelopes a caller sees do not depend on how the body was cut.
+                return envelopes
             end = start + _HEADER.size + length
             if end > len(buffer):
                 break

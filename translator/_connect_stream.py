@@ -106,7 +106,8 @@ class ConnectDecoder:
     Raises (from `feed` / `close`):
         RemoteProtocolError: bad framing (see `EnvelopeDecoder`), a payload that is not a JSON
             object, a known message with the wrong shape, or data after the end of the stream.
-            After that every call raises again.
+            When earlier envelopes of the same read produced events, those are returned first
+            and the next call raises; after that every call raises again.
     """
 
     def __init__(self, *, max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES) -> None:
@@ -140,13 +141,16 @@ class ConnectDecoder:
     def _guard(self, step: Callable[[], list[Envelope]]) -> list[UpstreamEvent]:
         if self._error is not None:
             raise self._error
+        events: list[UpstreamEvent] = []
         try:
-            events: list[UpstreamEvent] = []
             for envelope in step():
                 events += self._envelope(envelope)
         except RemoteProtocolError as exc:
             self._error = exc
-            raise
+            if not events:
+                raise
+            # Return what the envelopes before the fault said (the client keeps that text);
+            # the next call raises. This keeps the output independent of read boundaries.
         return events
 
     # --- one envelope ---------------------------------------------------------------------

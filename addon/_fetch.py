@@ -35,6 +35,8 @@ from urllib.parse import unquote
 
 import httpx
 
+from translator import TranslatorError
+
 __all__ = [
     "FetchError",
     "FetchPolicy",
@@ -57,7 +59,7 @@ _NAT64 = ipaddress.ip_network("64:ff9b::/96")  # RFC 6052: the last 32 bits are 
 _IPV4_COMPATIBLE = ipaddress.ip_network("::/96")  # deprecated RFC 4291 ::a.b.c.d
 
 
-class FetchError(Exception):
+class FetchError(TranslatorError):
     """A client-named URL could not be fetched; an OpenAI-style 400 error.
 
     `param` names the request part (e.g. "messages[2].content[1].image_url.url"); `code` is one of
@@ -65,25 +67,8 @@ class FetchError(Exception):
     "fetch_failed" (DNS, connection, HTTP status, redirects) or "fetch_timeout".
     """
 
-    status = 400
-    type = "invalid_request_error"
-
-    def __init__(self, message: str, *, param: str | None, code: str) -> None:
-        super().__init__(message)
-        self.message = message
-        self.param = param
-        self.code = code
-
-    def to_openai(self) -> dict[str, Any]:
-        """The error as OpenAI's JSON error body."""
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+    default_status = 400
+    default_type = "invalid_request_error"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

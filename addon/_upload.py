@@ -55,13 +55,17 @@ _READY = frozenset({"initialized", "parsed"})
 _FAILED = frozenset({"failed", "error", "parse_failed", "upload_failed"})
 
 
-class UploadError(Exception):
+class UploadError(TranslatorError):
     """An upload failed; an OpenAI-style error naming the request part (`param`).
 
     status 400: the client's input cannot be uploaded (empty, too large, bad conversation id);
     502: Kimi or its storage refused or failed (auth/quota statuses of Kimi's own error mapping,
     e.g. 401 or 429, are kept so the caller can fail over); 504: Kimi did not finish in time.
+    The type is "invalid_request_error" for 400, else "upstream_error" unless given.
     """
+
+    default_status = 502
+    default_type = "upstream_error"
 
     def __init__(
         self,
@@ -72,23 +76,9 @@ class UploadError(Exception):
         code: str,
         type: str | None = None,  # the OpenAI field name
     ) -> None:
-        super().__init__(message)
-        self.message = message
-        self.status = status
-        self.type = type or ("invalid_request_error" if status == 400 else "upstream_error")
-        self.param = param
-        self.code = code
-
-    def to_openai(self) -> dict[str, Any]:
-        """The error as OpenAI's JSON error body."""
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+        if type is None and status == 400:
+            type = "invalid_request_error"
+        super().__init__(message, status=status, type=type, param=param, code=code)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

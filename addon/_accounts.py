@@ -33,20 +33,21 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Generator, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from types import TracebackType
 from typing import Any
 
 from translator import RemoteProtocolError, TranslatorError
 from translator._jwt import decode_jwt_claims
 
 from ._config import Config
+from ._lease import Lease
 from ._secrets import constant_time_equal, hash_key
 from ._store import Account, Store
 
 __all__ = [
     "AccessDenied",
+    "Account",
     "AccountPool",
     "AuthFailed",
     "Lease",
@@ -392,6 +393,13 @@ class AccountPool:
         self.store.count_request(best.id, now=now)
         return best
 
+    def try_choose(self, ids: Sequence[str], exclude: set[str]) -> Account | NoAccountAvailable:
+        """`choose`, with the refusal returned instead of raised."""
+        try:
+            return self.choose(ids, exclude)
+        except NoAccountAvailable as exc:
+            return exc
+
     async def take(self, ids: Sequence[str], exclude: set[str]) -> Account:
         """`choose`, waiting up to `busy_wait` seconds while every usable account is busy."""
         loop = asyncio.get_running_loop()
@@ -418,86 +426,6 @@ class AccountPool:
         if self._freed is not None:
             self._freed.set()
             self._freed = None  # waiters hold the old event; the next wait gets a fresh one
-
-
-class Lease:
-    """One request's hold on an account, with failover.
-
-    ```python
-    async with pool.acquire(accounts) as lease:
-        while lease.account is not None:
-            try:
-                ...use lease.account...
-                break
-            except (AuthFailed, TransientFailure, RemoteProtocolError) as exc:
-                if lease.fail_over(exc) is None:
-                    raise lease.refusal or exc
-    ```
-    Entering raises `NoAccountAvailable` when no account can be had. Leaving without an
-    exception marks a cooling account ok again; leaving with one marks nothing (a client that
-    hangs up says nothing about the account). The slot is always given back.
-    """
-
-    def __init__(self, pool: AccountPool, ids: list[str]) -> None:
-        self._pool = pool
-        self._ids = ids
-        self._tried: set[str] = set()
-        self.account: Account | None = None
-        #: why `fail_over` found no next account
-        self.refusal: NoAccountAvailable | None = None
-
-    async def _take(self) -> Lease:
-        if self.account is None and not self._tried:
-            self.account = await self._pool.take(self._ids, self._tried)
-            self._tried.add(self.account.id)
-        return self
-
-    def __await__(self) -> Generator[Any, None, Lease]:
-        """`lease = await pool.acquire(...)` takes the account now (then `async with lease`)."""
-        return self._take().__await__()
-
-    async def __aenter__(self) -> Lease:
-        return await self._take()
-
-    @property
-    def index(self) -> int | None:
-        """The current account's position in the list given to `acquire`."""
-        return None if self.account is None else self._ids.index(self.account.id)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        account, self.account = self.account, None
-        if account is None:
-            return
-        self._pool.release(account.id)
-        if exc_type is None and account.health != "ok":
-            self._pool.mark_ok(account)
-
-    def fail_over(self, error: BaseException) -> Account | None:
-        """Mark the current account per `error`, release it, and take the next candidate.
-
-        AuthFailed or status 401 → dead (only AFTER the one refresh-and-retry: see
-        `AccountPool.invalidate_access`); RateLimited or status 402/429 → cooling (its
-        `retry_after`, else the cooldown); TransientFailure with `retry_after` → cooling; anything
-        else counts a failure only. Returns the next account (already leased) or None, with
-        `refusal` saying why.
-        """
-        account, self.account = self.account, None
-        if account is None:
-            return None
-        self._pool.mark_for(account, error)
-        self._pool.release(account.id)
-        try:
-            self.account = self._pool.choose(self._ids, self._tried)
-        except NoAccountAvailable as exc:
-            self.refusal = exc
-            return None
-        self._tried.add(self.account.id)
-        return self.account
 
 
 def _strip_bearer(value: str) -> str:

@@ -94,11 +94,18 @@ class Store(QueueMethods):
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the account store {self.path}: {exc}") from exc
         self._db.row_factory = sqlite3.Row
-        self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
-        self._db.execute("PRAGMA foreign_keys = ON")
-        self._db.execute("PRAGMA journal_mode = WAL")
-        self._db.execute("PRAGMA synchronous = FULL")
-        self._migrate()
+        try:
+            self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA synchronous = FULL")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StoreError(f"the account store {self.path} is not usable: {exc}") from exc
+        except StoreError:
+            self._db.close()
+            raise
         if not memory:
             for suffix in ("-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):

@@ -117,6 +117,13 @@ def test_refuses_a_newer_schema(tmp_path):
         Store(path)
 
 
+def test_not_a_database(tmp_path):
+    path = tmp_path / "junk.db"
+    path.write_bytes(b"this is not sqlite" * 100)
+    with pytest.raises(StoreError, match="not usable"):
+        Store(path)
+
+
 def test_unopenable_path(tmp_path):
     blocker = tmp_path / "file"
     blocker.write_text("x")

@@ -190,6 +190,10 @@ def _from_flow(flow: http.HTTPFlow, source: str) -> Exchange | None:
     if response.raw_content is None:
         return Exchange(source=source, dialect=dialect, body=None, note=NO_BODY_HINT)
     content_type = response.headers.get("content-type", "").lower()
+    if not response.raw_content and response.status_code == 200:
+        # browsers' HAR exports usually leave streamed bodies out
+        note = "empty body stored; " + NO_BODY_HINT.removeprefix("no body stored: ")
+        return Exchange(source=source, dialect=dialect, body=None, note=note)
     return Exchange(
         source=source,
         dialect=dialect,
@@ -355,7 +359,7 @@ def _summary(reports: list[ExchangeReport], unreadable: list[str]) -> dict[str, 
         "violations": sum(len(r.violations) for r in reports),
         "crashes": sum(r.crash is not None for r in reports),
         "errors": sum(r.error is not None for r in reports),
-        "without_body": sum(r.note == NO_BODY_HINT for r in reports),
+        "without_body": sum("store_streamed_bodies" in r.note for r in reports),
         "unknown_kinds": sum(len(r.unknown) for r in reports),
         "unreadable": len(unreadable),
     }

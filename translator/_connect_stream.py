@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, Final
 
 from ._connect_frames import DEFAULT_MAX_MESSAGE_BYTES, Envelope, EnvelopeDecoder
@@ -249,35 +250,24 @@ class ConnectDecoder:
             holder = _object(
                 _present(chunk.get("searchResult"), chunk), "searchChunks[].searchResult"
             )
-            base = _object(_present(holder.get("base"), {}), "searchChunks[].base")
-            url = _string(base, "url", "searchChunks[].base")
-            if not url or url in self._urls:
-                continue
-            self._urls.add(url)
-            events.append(
-                SearchResult(
-                    title=_string(base, "title", "searchChunks[].base"),
-                    url=url,
-                    site_name=_string(base, "siteName", "searchChunks[].base") or None,
-                    snippet=_string(base, "snippet", "searchChunks[].base") or None,
+            base = _object(_present(holder.get("base"), {}), where := "searchChunks[].base")
+            url = _string(base, "url", where)
+            if url and url not in self._urls:
+                self._urls.add(url)
+                site, snippet = _string(base, "siteName", where), _string(base, "snippet", where)
+                title = _string(base, "title", where)
+                events.append(
+                    SearchResult(
+                        title=title, url=url, site_name=site or None, snippet=snippet or None
+                    )
                 )
-            )
         return events
-
-    def _done(self, done: Any, obj: Mapping[str, Any]) -> list[UpstreamEvent]:
-        return self._finish() or [Noise(kind="done")]
 
     def _finish(self) -> list[UpstreamEvent]:
         if self._finished:
             return []
         self._finished = True
         return [Finished()]
-
-    def _heartbeat(self, heartbeat: Any, obj: Mapping[str, Any]) -> list[UpstreamEvent]:
-        return [Noise(kind="heartbeat")]
-
-    def _error_message(self, error: Any, obj: Mapping[str, Any]) -> list[UpstreamEvent]:
-        return [_error_event(error)]
 
 
 _Handler = Callable[[ConnectDecoder, Any, Mapping[str, Any]], list[UpstreamEvent]]
@@ -286,9 +276,9 @@ _HANDLERS: Final[tuple[tuple[str, _Handler], ...]] = (
     ("chat", ConnectDecoder._chat),
     ("block", ConnectDecoder._block),
     ("message", ConnectDecoder._message),
-    ("done", ConnectDecoder._done),
-    ("heartbeat", ConnectDecoder._heartbeat),
-    ("error", ConnectDecoder._error_message),
+    ("done", lambda self, _done, _obj: self._finish() or [Noise(kind="done")]),
+    ("heartbeat", lambda _self, _beat, _obj: [Noise(kind="heartbeat")]),
+    ("error", lambda _self, error, _obj: [_error_event(error)]),
 )
 
 
@@ -329,11 +319,12 @@ def _error_event(error: Any) -> UpstreamEvent:
     return UpstreamFailure(error=_failure(read))
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
 class _ReadError:
-    __slots__ = ("code", "paywall", "reason", "text")
-
-    def __init__(self, *, code: str, reason: str, text: str, paywall: bool) -> None:
-        self.code, self.reason, self.text, self.paywall = code, reason, text, paywall
+    code: str
+    reason: str
+    text: str
+    paywall: bool
 
 
 def _read_error(error: Mapping[str, Any]) -> _ReadError:

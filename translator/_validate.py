@@ -180,7 +180,7 @@ def _tagged(tag: str, branches: Mapping[str, Check]) -> Check:
 
 def _unsupported(message: str) -> Check:
     def check(value: Any, path: str) -> None:
-        raise LocalProtocolError(message, param=path, code="unsupported_value")
+        raise _fail(path, message, "unsupported_value")
 
     return check
 
@@ -207,11 +207,11 @@ def _check_file_part(part: Any, path: str) -> None:
     if "file_data" not in file:
         if "file_id" not in file:
             raise _fail(_child(path, "file.file_data"), "is required", "missing_required_field")
-        raise LocalProtocolError(
+        raise _fail(
+            _child(path, "file.file_id"),
             "OpenAI file ids cannot be used here: kimi-free-api cannot read OpenAI's file store; "
             "send the content as file_data (a data: URL) instead",
-            param=_child(path, "file.file_id"),
-            code="unsupported_value",
+            "unsupported_value",
         )
 
 
@@ -272,10 +272,8 @@ _MESSAGE = _tagged(
 def _check_n(value: Any, path: str) -> None:
     _ranged("integer", 1, 128)(value, path)
     if value > 1:
-        raise LocalProtocolError(
-            "n > 1 is not supported: Kimi gives one answer per request",
-            param=path,
-            code="unsupported_value",
+        raise _fail(
+            path, "n > 1 is not supported: Kimi gives one answer per request", "unsupported_value"
         )
 
 

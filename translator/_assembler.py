@@ -358,7 +358,8 @@ def _md_label(text: str) -> str:
 
 
 def _md_url(url: str) -> str:
-    url = "".join(url.split())
-    for ch, code in (("(", "%28"), (")", "%29"), ("<", "%3C"), (">", "%3E")):
+    # Characters that would end or break a Markdown link destination are percent-encoded;
+    # line breaks and tabs cannot be part of a URL and are dropped.
+    for ch, code in ((" ", "%20"), ("(", "%28"), (")", "%29"), ("<", "%3C"), (">", "%3E")):
         url = url.replace(ch, code)
-    return url
+    return "".join(url.split())

@@ -380,3 +380,34 @@ def test_cli_replay_json_and_exit_2(tmp_path, capsys):
     assert doc["exchanges"][0]["content"] == "Hello, world"
     assert main(["replay", str(tmp_path / "nope.flows")]) == 2
     assert "cannot read" in capsys.readouterr().out
+
+
+def test_fold_that_disagrees_with_the_stream_exits_1(tmp_path, monkeypatch):
+    real = replay_mod.fold_completion
+
+    def lying_fold(chunks, *, prompt_text):
+        folded = real(chunks, prompt_text=prompt_text)
+        folded["choices"][0]["message"]["content"] += "!"
+        return folded
+
+    monkeypatch.setattr(replay_mod, "fold_completion", lying_fold)
+    code, doc = replay_json(write_flows(tmp_path / "f.flows", flow(LEGACY_URL.format("c"), HELLO)))
+    assert code == 1
+    assert doc["exchanges"][0]["violations"] == [
+        "fold: message.content differs from the streamed content"
+    ]
+
+
+def test_length_stop_in_a_flow_is_noted_and_fixture_continuations_are_fed(tmp_path):
+    scenario = load_scenario("length_stop")
+    assert scenario.continuations  # the folder has the continuation body
+    path = write_flows(tmp_path / "l.flows", flow(LEGACY_URL.format("c"), scenario.upstream))
+    code, doc = replay_json(path, ROOT / "kimi" / "length_stop")
+    assert code == 0
+    as_flow, as_folder = doc["exchanges"]
+    assert as_flow["note"].startswith("stopped at Kimi's length limit")
+    assert as_flow["finish_reason"] == "length"
+    assert as_folder["note"] == ""
+    assert as_folder["content"] == scenario.expected["content"]
+    assert as_folder["events"]["continuation"] == 1
+    assert as_flow["content"] != as_folder["content"]

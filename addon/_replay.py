@@ -24,21 +24,15 @@ from mitmproxy import http
 from mitmproxy.exceptions import FlowReadException
 from mitmproxy.io import FlowReader
 
-from fixtures.golden import Scenario
 from schemas import schema_errors
-from translator import (
-    RemoteProtocolError,
-    StreamDecoder,
-    TranslatorError,
-    Unknown,
-    UpstreamEvent,
-)
 from translator._assembler import State
 from translator._connect_stream import ConnectDecoder, connect_error
+from translator._errors import RemoteProtocolError, TranslatorError
 from translator._fold import fold_completion
 from translator._kimi_errors import kimi_error
 from translator._legacy_stream import LegacyDecoder
 from translator._response import ResponseTranslator
+from translator._upstream import StreamDecoder, Unknown, UpstreamEvent
 
 __all__ = ["Exchange", "ExchangeReport", "ReadFailure", "collect", "replay_exchange", "run_replay"]
 
@@ -55,6 +49,12 @@ _FIXTURE_BODIES: Final[dict[str, DialectName]] = {
     "upstream.sse": "legacy",
     "upstream.bin": "connect",
 }
+#: the meta.json keys that are ResponseTranslator arguments (as in fixtures/golden.py, which
+#: the installed command cannot import: fixtures are test data)
+_TRANSLATOR_KEYS: Final = (
+    *("completion_id", "model", "created", "silent", "include_usage", "prompt_text"),
+    *("max_continuations", "system_fingerprint", "fallback_id"),
+)
 _SAMPLE_CHARS: Final = 200
 _TEXT_CHARS: Final = 2000
 
@@ -156,14 +156,13 @@ def _from_scenario(folder: Path, name: str, dialect: DialectName) -> Exchange:
         raise ReadFailure(f"{folder}: {exc}") from exc
     if not isinstance(meta, dict):
         raise ReadFailure(f"{folder}/meta.json: not a JSON object")
-    # the golden test's translator settings (silent, prompt_text, ...) so replay agrees with it
-    settings = Scenario(name=folder.name, dialect=dialect, upstream=body, meta=meta)
     return Exchange(
         source=str(folder),
         dialect=dialect,
         body=body,
         continuations=tuple(continuations),
-        translator_kwargs=settings.translator_kwargs,
+        # the golden tests' translator settings (silent, prompt_text, ...), so replay agrees
+        translator_kwargs={k: meta[k] for k in _TRANSLATOR_KEYS if k in meta},
     )
 
 

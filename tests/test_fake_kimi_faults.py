@@ -484,3 +484,23 @@ def test_fault_windows():
     # kinds only act (and count) where they make sense
     assert not Fault(kind="gzip", match="any").route_fits("refresh")
     assert Fault(kind="gzip", match="any").route_fits("chat")
+
+
+async def test_cut_and_gzip_on_the_connect_stream():
+    scenario = Scenario.of(
+        Fault(kind="cut", match="chat", after_bytes=90, nth=1),
+        Fault(kind="gzip", match="chat", nth=2),
+    )
+    async with FakeKimi(scenario=scenario) as kimi, httpx.AsyncClient(base_url=kimi.base_url) as c:
+        auth = await login(c)
+        headers = CONNECT_HEADERS | auth
+        _, data, error = await raw_stream(
+            c, "POST", CONNECT_CHAT_PATH, content=connect_body(), headers=headers
+        )
+        assert isinstance(error, httpx.RemoteProtocolError)
+        assert len(data) == 90
+        with pytest.raises(ValueError, match="truncated"):
+            read_envelopes(data)
+        r = await c.post(CONNECT_CHAT_PATH, content=connect_body(), headers=headers)
+        assert r.headers["content-encoding"] == "gzip"
+        assert connect_text(read_envelopes(r.content)) == ANSWER

@@ -93,7 +93,8 @@ async def test_access_tokens_expire_by_the_injected_clock():
         assert expired.status_code == 401
         assert expired.json()["error_type"] == "auth.token.invalid"
         account = kimi.account_for("rt-1")
-        assert account is not None and account.valid_access_tokens == []
+        assert account is not None
+        assert account.valid_access_tokens == []
 
 
 async def test_token_shapes_per_dialect():
@@ -122,7 +123,9 @@ async def test_create_complete_delete_flow_leaves_nothing_behind():
             headers=auth,
         )
         chat_id = created.json()["id"]
-        assert len(chat_id) == 20 and chat_id.isalnum() and chat_id == chat_id.lower()
+        assert len(chat_id) == 20
+        assert chat_id.isalnum()
+        assert chat_id == chat_id.lower()
         prompt = "你好, what is 2+2?"
         status, events = await complete(
             c, auth, chat_id, {"messages": [{"role": "user", "content": prompt}], "refs": []}
@@ -162,7 +165,7 @@ async def test_delete_of_unknown_or_foreign_conversation_is_an_error():
         unknown = await c.delete("/api/chat/" + "0" * 20, headers=alice)
         assert unknown.status_code == 404
         assert unknown.json()["error_type"] == "chat.not_found"
-        status, body = await complete(
+        status, _body = await complete(
             c, bob, chat_id, {"messages": [{"role": "user", "content": "x"}]}
         )
         assert status == 403
@@ -201,7 +204,8 @@ async def test_streaming_arrives_in_many_small_writes():
         assert text_of(read_sse(whole)) == "Echo: " + "é" * 40
         writes = kimi.record.calls("completion")[0].writes
         assert sum(writes) == len(whole)
-        assert max(writes) <= 3 and len(writes) > 200
+        assert max(writes) <= 3
+        assert len(writes) > 200
         # paced events arrive separately: the client saw many reads
         assert len(chunks) >= 10
 
@@ -258,7 +262,8 @@ async def test_files_four_steps_record_the_bytes():
         status, error = await complete(
             c, auth, chat_id, {"messages": [{"role": "user", "content": "x"}], "refs": ["nope"]}
         )
-        assert status == 400 and error[0]["error_type"] == "file.not_found"
+        assert status == 400
+        assert error[0]["error_type"] == "file.not_found"
 
 
 async def test_search_and_k1_events():
@@ -277,7 +282,8 @@ async def test_search_and_k1_events():
             for e in events
             if e["event"] == "search_plus" and e["msg"]["type"] == "get_res"
         ]
-        assert len(hits) == 2 and all(h["url"].startswith("https://") for h in hits)
+        assert len(hits) == 2
+        assert all(h["url"].startswith("https://") for h in hits)
         thinking = "".join(e["text"] for e in events if e["event"] == "k1")
         assert thinking == "Thinking about: weather"
         assert kinds.index("search_plus") < kinds.index("k1") < kinds.index("cmpl")
@@ -304,7 +310,8 @@ async def test_research_usage_and_side_calls():
             ("GET", "/api/user/usage"),
         ]:
             r = await c.request(method, path, json={} if method == "POST" else None, headers=auth)
-            assert r.status_code == 200 and isinstance(r.json(), dict)
+            assert r.status_code == 200
+            assert isinstance(r.json(), dict)
         assert len(kimi.record.calls("side")) == 4
         assert (await c.get("/api/nothing-here")).status_code == 404
 
@@ -355,3 +362,23 @@ async def test_standalone_module_prints_its_url_and_serves():
                 proc.kill()
                 _, err = proc.communicate()
     assert proc.returncode == 0, err
+
+
+async def test_image_registration_by_file_id():
+    async with FakeKimi() as kimi, httpx.AsyncClient(base_url=kimi.base_url) as c:
+        auth = await login(c)
+        signed = (
+            await c.post(
+                "/api/pre-sign-url", json={"action": "image", "name": "p.png"}, headers=auth
+            )
+        ).json()
+        png = b"\x89PNG\r\n\x1a\n" + b"\x00" * 8
+        await c.put(signed["url"], content=png, headers={"Content-Type": "image/png"})
+        body = {"type": "image", "file_id": signed["file_id"], "name": "p.png"}
+        detail = (await c.post("/api/file", json=body, headers=auth)).json()
+        assert (detail["id"], detail["type"], detail["size"]) == (signed["file_id"], "image", 16)
+        assert kimi.record.upload_content_types[signed["object_name"]] == "image/png"
+        missing = await c.post(
+            "/api/file", json={"type": "image", "file_id": "nope", "name": "x"}, headers=auth
+        )
+        assert missing.status_code == 400

@@ -209,9 +209,8 @@ class Assembler:
                 raise self.fail(error)
 
     def resume(self) -> None:
-        """A continuation call was posted: its events extend the same answer."""
-        if self.state is not State.CONTINUE:
-            raise RuntimeError(f"begin_continuation() in state {self.state.name}")
+        """A continuation call was posted: its events extend the same answer. Only called in
+        CONTINUE (`ResponseTranslator.begin_continuation` checks)."""
         self.continuations += 1
         self.count("continuation")
         self.state = State.ANSWERING

@@ -23,7 +23,6 @@ from ._accounts import AccessDenied, AccountPool, AuthFailed, TransientFailure
 from ._chat import ChatService, ChatStats
 from ._kimi import call_counter
 from ._reply import JsonReply, Reply, SseReply, error_response, json_response
-from ._secrets import verify_admin
 
 __all__ = ["RELAY_SECRET_HEADER", "build_app"]
 
@@ -40,6 +39,8 @@ CORS_HEADERS = {
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+STATS = web.RequestKey("kimi_free_api_stats", ChatStats)
 
 
 def _openai_error(status: int, message: str, *, type_: str, code: str | None) -> web.Response:
@@ -59,7 +60,6 @@ def build_app(
     chat: ChatService,
     pool: AccountPool,
     wall_clock: Callable[[], float],
-    admin_key_hash: str | None,
 ) -> web.Application:
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -72,12 +72,23 @@ def build_app(
         counter = [0]
         token = call_counter.set(counter)
         stats = ChatStats()
-        request["stats"] = stats
+        request[STATS] = stats
         try:
             response = await handler(request)
         except web.HTTPException as exc:
             response = _openai_error(
                 exc.status, exc.reason, type_="invalid_request_error", code=None
+            )
+        except Exception:
+            # A bug of ours: still an OpenAI-shaped answer, and the traceback in the log (it
+            # holds no token: tokens are never in locals that get formatted).
+            log.exception("internal error while serving %s %s", request.method, request.path)
+            stats.status = 500
+            response = _openai_error(
+                500,
+                "kimi-free-api hit an internal error",
+                type_="server_error",
+                code="internal_error",
             )
         finally:
             call_counter.reset(token)
@@ -106,7 +117,7 @@ def build_app(
         return response
 
     async def chat_completions(request: web.Request) -> web.StreamResponse:
-        stats: ChatStats = request["stats"]
+        stats = request[STATS]
         try:
             body: Any = json.loads(await request.read())
         except ValueError:
@@ -142,15 +153,19 @@ def build_app(
             return json_response({"live": False})
         except TransientFailure as exc:
             return _openai_error(
-                503, f"cannot reach Kimi to check the token: {exc}", type_="upstream_error",
+                503,
+                f"cannot reach Kimi to check the token: {exc}",
+                type_="upstream_error",
                 code="upstream_unreachable",
             )
         return json_response({"live": True})
 
     async def accounts(request: web.Request) -> web.StreamResponse:
-        if admin_key_hash is None or not verify_admin(_bearer(request), admin_key_hash):
+        if not pool.is_admin(_bearer(request)):
             return _openai_error(
-                401, "an admin key is required for /v1/accounts", type_="authentication_error",
+                401,
+                "an admin key is required for /v1/accounts",
+                type_="authentication_error",
                 code="invalid_api_key",
             )
         return json_response({"object": "list", "data": pool.describe()})

@@ -26,18 +26,25 @@ from typing import Any
 import httpx
 from aiohttp import web
 
-from translator import ChatPlan, LocalProtocolError, RemoteProtocolError, TranslatorError
+from translator import ChatPlan, KimiCall, LocalProtocolError, RemoteProtocolError
 from translator._messages import flatten_messages
 from translator._request import plan_chat
 from translator._response import ResponseTranslator
 
-from ._accounts import AccessDenied, Account, AccountPool, AuthFailed, TransientFailure
+from ._accounts import (
+    AccessDenied,
+    AccountPool,
+    AuthFailed,
+    NoAccountAvailable,
+    TransientFailure,
+)
 from ._conversations import ConversationKeeper, Resumption
 from ._dialects import Dialect, choose_dialect
 from ._fetch import FetchError
 from ._kimi import KimiClient
 from ._reply import JsonReply, Reply
-from ._upload import UploadedFile, UploadError, Uploader
+from ._store import Account
+from ._upload import UploadedFile, Uploader, UploadError
 
 __all__ = ["ChatService", "ChatSettings", "ChatStats"]
 
@@ -111,9 +118,8 @@ class ChatService:
             stats.model = plan.model
             accounts = self.pool.resolve(credentials)
         except (LocalProtocolError, AccessDenied) as err:
-            error = err if isinstance(err, TranslatorError) else err.error
-            stats.status = error.status
-            return await reply.fail(error)
+            stats.status = err.status
+            return await reply.fail(err)
         return await self._with_failover(plan, accounts, reply, stats)
 
     async def _with_failover(
@@ -121,32 +127,33 @@ class ChatService:
     ) -> web.StreamResponse:
         try:
             lease = await self.pool.acquire(accounts)
-        except AccessDenied as err:
-            stats.status = err.error.status
-            return await reply.fail(err.error)
+        except NoAccountAvailable as err:
+            stats.status = err.status
+            return await reply.fail(err)
         async with lease:
             while True:
                 account = lease.account
+                assert account is not None
                 stats.account_index = lease.index
                 try:
                     result = await self._attempt(plan, account, reply, stats)
                 except _BeforeStart as exc:
                     error = exc.error
-                    if error.status in FAILOVER_STATUSES and lease.fail_over(error):
+                    if error.status in FAILOVER_STATUSES and lease.fail_over(error) is not None:
                         stats.failovers += 1
                         reset = getattr(reply, "reset", None)
                         if reset is not None:
                             reset()
                         continue
-                    self.pool.record_failure(account, error)
+                    if error.status not in FAILOVER_STATUSES:
+                        self.pool.mark_for(account, error)
                     stats.status = error.status
                     return await reply.fail(error)
-                self.pool.mark_ok(account)
                 return result
 
-    async def _token(self, account: Account, *, force: bool = False) -> str:
-        if force:
-            self.pool.invalidate_access(account)
+    async def _token(self, account: Account, *, refused: str | None = None) -> str:
+        if refused is not None:
+            self.pool.invalidate_access(account, refused)
         try:
             return await self.pool.access_token(account)
         except AuthFailed as exc:
@@ -166,7 +173,9 @@ class ChatService:
     async def _attempt(
         self, plan: ChatPlan, account: Account, reply: Reply, stats: ChatStats
     ) -> web.StreamResponse:
-        dialect = choose_dialect(self.settings.dialect, self.settings.base_url, account.dialect)
+        dialect = choose_dialect(
+            self.settings.dialect, self.settings.base_url, account.view.dialect
+        )
         stats.dialect = dialect.name
         token = await self._token(account)
         resumption = self._resumption(plan, account)
@@ -185,7 +194,7 @@ class ChatService:
                     account, dialect, token, plan.flags
                 )
                 created_here = True
-            files = await self._upload(plan, account, conversation_id)
+            files = await self._upload(plan, account, dialect, token, conversation_id)
             translator = ResponseTranslator(
                 dialect.decoder(),
                 completion_id=conversation_id or None,
@@ -205,7 +214,9 @@ class ChatService:
                 if follow is None:
                     break
                 translator.begin_continuation(dialect.decoder())
-                token = await self._stream(follow, token, account, dialect, translator, reply, stats)
+                token = await self._stream(
+                    follow, token, account, dialect, translator, reply, stats
+                )
             if not conversation_id and translator.conversation_id:
                 conversation_id = translator.conversation_id
                 created_here = True
@@ -267,12 +278,25 @@ class ChatService:
         return None
 
     async def _upload(
-        self, plan: ChatPlan, account: Account, conversation_id: str
+        self,
+        plan: ChatPlan,
+        account: Account,
+        dialect: Dialect,
+        token: str,
+        conversation_id: str,
     ) -> list[UploadedFile]:
         if not plan.files:
             return []
+
+        async def execute(call: KimiCall) -> httpx.Response:
+            return await self.kimi.send(call, token=token)
+
         return await self.uploader.upload_all(
-            account, plan.files, conversation_id=conversation_id or None
+            account.id,
+            plan.files,
+            conversation_id=conversation_id or None,
+            execute=execute,
+            dialect=dialect.name,
         )
 
     async def _stream(
@@ -290,7 +314,7 @@ class ChatService:
         retried = False
         while True:
             try:
-                async with self.kimi.stream(call, token=token, traffic_id=account.user_id) as resp:
+                async with self.kimi.stream(call, token=token) as resp:
                     if resp.status_code >= 400 or _is_json(resp):
                         body = await resp.aread()
                         raise dialect.http_error(resp.status_code, body)
@@ -299,7 +323,7 @@ class ChatService:
             except RemoteProtocolError as err:
                 if err.status == 401 and not retried and not translator.started:
                     retried = True
-                    token = await self._token(account, force=True)
+                    token = await self._token(account, refused=token)
                     continue
                 raise
 
@@ -360,4 +384,5 @@ class ChatService:
 
 def _is_json(resp: httpx.Response) -> bool:
     # The legacy API answers some refusals with HTTP 200 and a JSON error body.
-    return resp.headers.get("content-type", "").startswith("application/json")
+    content_type: str = resp.headers.get("content-type", "")
+    return content_type.startswith("application/json")

@@ -16,11 +16,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from translator import ChatPlan, Message, ModelFlags, RemoteProtocolError
 from translator._plan import InlineFile, UrlFile
@@ -112,7 +114,7 @@ class ConversationKeeper:
     ) -> str:
         call = dialect.create_call(flags)
         assert call is not None, "only dialects that create conversations first call this"
-        response = await self.kimi.send(call, token=token, traffic_id=account.user_id)
+        response = await self.kimi.send(call, token=token)
         body = response.content
         if response.status_code >= 400:
             raise dialect.http_error(response.status_code, body)
@@ -122,9 +124,7 @@ class ConversationKeeper:
             raise dialect.http_error(502, body) from exc
         # Persist ownership at once with a deletion far enough out for the reply; a crash right
         # now still leaves the id in the store for the next start to delete.
-        self.store.schedule_deletion(
-            account.id, conversation_id, dialect.name, self.clock() + self.precreate_max_age
-        )
+        self._hold(account.id, conversation_id, dialect.name)
         return conversation_id
 
     def _refill_later(self, account: Account, dialect: Dialect) -> None:
@@ -161,8 +161,13 @@ class ConversationKeeper:
         parent_id: str,
     ) -> None:
         history = (*messages, Message(role="assistant", text=answer))
-        self.store.remember_exchange(
-            account.id, exchange_key(history), conversation_id, parent_id, dialect.name
+        self.store.save_exchange(
+            exchange_key(history),
+            account_id=account.id,
+            conversation_id=conversation_id,
+            parent_message_id=parent_id,
+            dialect=dialect.name,
+            now=self.clock(),
         )
 
     def find(self, account: Account, messages: Sequence[Message]) -> tuple[str, str, int] | None:
@@ -171,16 +176,21 @@ class ConversationKeeper:
         for end in range(len(messages) - 1, 0, -1):
             if messages[end - 1].role != "assistant":
                 continue
-            found = self.store.find_exchange(account.id, exchange_key(messages[:end]))
-            if found is not None:
-                self.store.cancel_deletion(found[0])
-                return found[0], found[1], end
+            found = self.store.find_exchange(exchange_key(messages[:end]))
+            # Another account's conversation cannot be continued with this account's token.
+            if found is not None and found.account_id == account.id:
+                if not self.store.is_pending(found.conversation_id):
+                    return None  # already deleted: start afresh
+                self._hold(account.id, found.conversation_id, found.dialect)
+                return found.conversation_id, found.parent_message_id, end
         return None
 
     def resume_by_id(self, account: Account, plan: ChatPlan) -> Resumption:
         assert plan.conversation_id is not None
-        parent = self.store.last_parent(plan.conversation_id) or ""
-        self.store.cancel_deletion(plan.conversation_id)
+        latest = self.store.latest_exchange_for(plan.conversation_id)
+        parent = latest.parent_message_id if latest is not None else ""
+        if self.store.is_pending(plan.conversation_id):
+            self._hold(account.id, plan.conversation_id, latest.dialect if latest else None)
         return Resumption(
             plan=plan,
             conversation_id=plan.conversation_id,
@@ -201,28 +211,34 @@ class ConversationKeeper:
     ) -> None:
         """The reply using `conversation_id` ended; delete it after the TTL (now if not `keep`).
         Only conversations this proxy created are ever scheduled."""
-        if not created_here and not self.store.is_ours(conversation_id):
+        if not created_here and not self.store.is_pending(conversation_id):
             return
         delay = self.ttl if keep else 0.0
         self.store.schedule_deletion(
-            account.id, conversation_id, dialect.name, self.clock() + delay
+            account.id, conversation_id, dialect=dialect.name, due_at=self.clock() + delay
         )
         if delay <= 0:
             self._spawn(self.delete_due())
 
-    def mark_created(self, account: Account, dialect: Dialect, conversation_id: str) -> None:
+    def _hold(self, account_id: str, conversation_id: str, dialect: str | None) -> None:
+        """Mark a conversation ours and in use: its deletion is pushed out while a reply runs,
+        and it is persisted, so a crash still leaves it for the next start to delete."""
         self.store.schedule_deletion(
-            account.id, conversation_id, dialect.name, self.clock() + self.precreate_max_age
+            account_id,
+            conversation_id,
+            dialect=dialect,
+            due_at=self.clock() + max(self.ttl, self.precreate_max_age),
         )
 
     async def delete_due(self, *, everything: bool = False) -> None:
         now = float("inf") if everything else self.clock()
         for pending in self.store.due_deletions(now):
-            await self._delete(pending.account_id, pending.conversation_id, pending.dialect,
-                               pending.attempts)
+            await self._delete(
+                pending.account_id, pending.conversation_id, pending.dialect, pending.attempts
+            )
 
     async def _delete(
-        self, account_id: str, conversation_id: str, dialect_name: str, attempts: int
+        self, account_id: str, conversation_id: str, dialect_name: str | None, attempts: int
     ) -> None:
         dialect = CONNECT if dialect_name == "connect" else LEGACY
         account = self.store.get_account(account_id)
@@ -230,16 +246,16 @@ class ConversationKeeper:
             if account is None:
                 raise RemoteProtocolError("account no longer known", status=404)
             token = await self.pool.access_token(account)
-            response = await self.kimi.send(
-                dialect.delete_call(conversation_id), token=token, traffic_id=account.user_id
-            )
+            response = await self.kimi.send(dialect.delete_call(conversation_id), token=token)
             # 404: already gone (deleted in the browser, or by another proxy sharing the store).
             if response.status_code >= 400 and response.status_code != 404:
                 raise dialect.http_error(response.status_code, response.content)
         except Exception as exc:
             self.delete_failures += 1
             backoff = min(3600.0, 5.0 * 2**attempts)
-            self.store.reschedule_deletion(conversation_id, self.clock() + backoff, repr(exc))
+            self.store.reschedule(
+                conversation_id, now=self.clock(), backoff=backoff, error=type(exc).__name__
+            )
             log.warning(
                 "deleting a Kimi conversation failed (attempt %d, retry in %.0f s): %s",
                 attempts + 1,
@@ -276,7 +292,8 @@ class ConversationKeeper:
         except TimeoutError:
             log.warning("shutdown: some Kimi conversations are left for the next start to delete")
 
-    def _spawn(self, coro: object) -> None:
-        task = asyncio.get_running_loop().create_task(coro)  # type: ignore[arg-type]
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        # A fresh context: background work must not count as the current request's calls.
+        task = asyncio.get_running_loop().create_task(coro, context=contextvars.Context())
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

@@ -31,9 +31,13 @@ DialectName = Literal["legacy", "connect"]
 
 
 class Dialect(Protocol):
-    name: DialectName
-    #: True when a conversation must exist before the completion call
-    creates_conversation_first: bool
+    @property
+    def name(self) -> DialectName: ...
+
+    @property
+    def creates_conversation_first(self) -> bool:
+        """True when a conversation must exist before the completion call."""
+        ...
 
     def create_call(self, flags: ModelFlags) -> KimiCall | None: ...
 
@@ -46,9 +50,9 @@ class Dialect(Protocol):
         files: Sequence[UploadedFile],
     ) -> KimiCall: ...
 
-    def continuation_call(self, conversation_id: str, segment_id: str, flags: ModelFlags) -> (
-        KimiCall | None
-    ): ...
+    def continuation_call(
+        self, conversation_id: str, segment_id: str, flags: ModelFlags
+    ) -> KimiCall | None: ...
 
     def delete_call(self, conversation_id: str) -> KimiCall: ...
 
@@ -73,7 +77,7 @@ class _Legacy:
         parent_id: str,
         files: Sequence[UploadedFile],
     ) -> KimiCall:
-        return completion_call(conversation_id, plan, files)
+        return completion_call(conversation_id, prompt=plan.prompt, flags=plan.flags, refs=files)
 
     def continuation_call(
         self, conversation_id: str, segment_id: str, flags: ModelFlags

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import secrets
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any
 import httpx
 
 from translator import KimiCall, RemoteProtocolError
+from translator._jwt import JwtClaims, decode_jwt_claims
 
 __all__ = ["KimiClient", "SessionIdentity", "call_counter", "map_transport_errors"]
 
@@ -27,10 +29,19 @@ call_counter: contextvars.ContextVar[list[int] | None] = contextvars.ContextVar(
 )
 
 
+@functools.lru_cache(maxsize=256)
+def _claims(token: str) -> JwtClaims | None:
+    try:
+        return decode_jwt_claims(token)
+    except RemoteProtocolError:
+        return None
+
+
 def _count() -> None:
     counter = call_counter.get()
     if counter is not None:
         counter[0] += 1
+
 
 USER_AGENT = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
@@ -106,6 +117,16 @@ class KimiClient:
         }
         if token is not None:
             headers["authorization"] = f"Bearer {token}"
+            claims = _claims(token)
+            # Connect access tokens are JWTs naming the user, session and device: send those,
+            # as the browser does; legacy tokens carry no such claims.
+            if claims is not None:
+                if claims.sub:
+                    headers["x-traffic-id"] = claims.sub
+                if claims.ssid:
+                    headers["x-msh-session-id"] = claims.ssid
+                if claims.device_id:
+                    headers["x-msh-device-id"] = claims.device_id
         if traffic_id:
             headers["x-traffic-id"] = traffic_id
         if extra:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from translator import RemoteProtocolError
-from translator._jwt import jwt_claims
+from translator._jwt import decode_jwt_claims
 from translator._legacy_calls import refresh_token_call
 
 from ._accounts import AuthFailed, TokenGrant, TransientFailure
@@ -17,9 +17,7 @@ __all__ = ["refresh_grant"]
 async def refresh_grant(kimi: KimiClient, refresh_token: str, *, path: str) -> TokenGrant:
     """`GET <refresh path>` with the refresh token as bearer. A 401 or `auth.token.invalid`
     means the token is dead (AuthFailed); anything else unexpected is transient."""
-    call = refresh_token_call()
-    if path != call.path:
-        call = type(call)(method=call.method, path=path, headers=call.headers)
+    call = refresh_token_call(path)
     try:
         response = await kimi.send(call, token=refresh_token)
     except RemoteProtocolError as exc:
@@ -37,10 +35,11 @@ async def refresh_grant(kimi: KimiClient, refresh_token: str, *, path: str) -> T
     if not isinstance(access, str) or not access:
         raise TransientFailure("token refresh answer has no access_token")
     new_refresh = body.get("refresh_token")
-    claims = jwt_claims(access)
-    expires_at = None
-    if claims is not None and isinstance(claims.get("exp"), int | float):
-        expires_at = float(claims["exp"])
+    try:
+        exp = decode_jwt_claims(access).exp
+    except RemoteProtocolError:
+        exp = None  # legacy tokens need not be JWTs; the pool then uses its default lifetime
+    expires_at = None if exp is None else float(exp)
     return TokenGrant(
         access_token=access,
         refresh_token=new_refresh if isinstance(new_refresh, str) and new_refresh else None,

@@ -17,17 +17,18 @@ from dataclasses import dataclass, field
 import httpx
 from aiohttp import web
 
+from translator import KimiCall
+
 from ._accounts import AccountPool, TokenGrant
 from ._app import RELAY_SECRET_HEADER, build_app
 from ._chat import ChatService, ChatSettings
 from ._config import Config
 from ._conversations import ConversationKeeper
-from ._dialects import choose_dialect
-from ._fetch import Fetcher, FetchPolicy
+from ._dialects import Dialect, choose_dialect
+from ._fetch import Fetcher, FetchPolicy, make_fetch_client
 from ._kimi import KimiClient
 from ._refresh import refresh_grant
-from ._secrets import hash_key
-from ._store import Store
+from ._store import Account, Store
 from ._upload import Uploader
 
 __all__ = ["RELAY_SECRET_HEADER", "Runtime", "RuntimeSettings"]
@@ -63,6 +64,7 @@ class Runtime:
         self.ready = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.client: httpx.AsyncClient | None = None
+        self.fetch_client: httpx.AsyncClient | None = None
         self.keeper: ConversationKeeper | None = None
         self.store: Store | None = None
 
@@ -71,12 +73,14 @@ class Runtime:
         timeout = httpx.Timeout(connect=10.0, read=s.stall_timeout, write=30.0, pool=30.0)
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
         self.client = httpx.AsyncClient(
-            timeout=timeout, limits=limits, verify=s.verify, follow_redirects=False,
+            timeout=timeout,
+            limits=limits,
+            verify=s.verify,
+            follow_redirects=False,
             trust_env=False,
         )
         kimi = KimiClient(self.client, s.kimi_base_url)
         self.store = store = Store(os.path.expanduser(s.store_path))
-        store.apply_config(s.config, now=time.time())
 
         async def refresh(refresh_token: str) -> TokenGrant:
             return await refresh_grant(kimi, refresh_token, path=s.refresh_path)
@@ -87,26 +91,32 @@ class Runtime:
             clock=time.time,
             max_concurrency=s.max_account_concurrency,
             cooldown=s.account_cooldown,
-            config=s.config,
         )
+        pool.apply_config(s.config)
+        for warning in s.config.warnings:
+            log.warning("config: %s", warning)
 
-        def dialect_for(account: object) -> object:
-            return choose_dialect(s.dialect, s.kimi_base_url, getattr(account, "dialect", None))
+        def dialect_for(account: Account) -> Dialect:
+            return choose_dialect(s.dialect, s.kimi_base_url, account.view.dialect)
 
         self.keeper = keeper = ConversationKeeper(
             kimi=kimi,
             pool=pool,
             store=store,
-            dialect_for=dialect_for,  # type: ignore[arg-type]
+            dialect_for=dialect_for,
             conversation_ttl=s.conversation_ttl,
             clock=time.time,
             precreate=s.precreate,
         )
-        fetcher = Fetcher(
-            self.client,
-            FetchPolicy(allow_private=s.allow_private_urls, max_bytes=s.max_file_bytes),
-        )
-        uploader = Uploader(client=self.client, kimi=kimi, pool=pool, fetcher=fetcher)
+        policy = FetchPolicy(allow_private=s.allow_private_urls, max_bytes=s.max_file_bytes)
+        # Its own client: cookies of fetched servers must not land in the Kimi client's jar.
+        self.fetch_client = make_fetch_client(policy)
+        fetcher = Fetcher(self.fetch_client, policy)
+
+        async def no_default_execute(call: KimiCall) -> httpx.Response:
+            raise AssertionError("uploads always pass the account's own executor")
+
+        uploader = Uploader(client=self.client, execute=no_default_execute, fetcher=fetcher)
         chat = ChatService(
             kimi=kimi,
             pool=pool,
@@ -123,14 +133,7 @@ class Runtime:
             wall_clock=time.time,
             monotonic=time.monotonic,
         )
-        admin = s.config.admin_key
-        app = build_app(
-            secret=self.secret,
-            chat=chat,
-            pool=pool,
-            wall_clock=time.time,
-            admin_key_hash=hash_key(admin) if admin else None,
-        )
+        app = build_app(secret=self.secret, chat=chat, pool=pool, wall_clock=time.time)
         # handler_cancellation: a client that hangs up cancels its handler, which stops the
         # Kimi stream at once and hands the conversation to the keeper for deletion.
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
@@ -138,7 +141,8 @@ class Runtime:
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
         server = site._server
-        assert server is not None and isinstance(server, asyncio.Server)
+        assert server is not None
+        assert isinstance(server, asyncio.Server)
         port = server.sockets[0].getsockname()[1]
         self.base_url = f"http://127.0.0.1:{port}"
         keeper.start()
@@ -152,6 +156,7 @@ class Runtime:
             await self._runner.cleanup()
         if self.client is not None:
             await self.client.aclose()
+        if self.fetch_client is not None:
+            await self.fetch_client.aclose()
         if self.store is not None:
             self.store.close()
-

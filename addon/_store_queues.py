@@ -72,6 +72,15 @@ class QueueMethods(SqliteBase):
         )
         return Exchange(**dict(rows[0])) if rows else None
 
+    def latest_exchange_for(self, conversation_id: str) -> Exchange | None:
+        """The newest exchange of a conversation (a Connect continuation needs its parent id)."""
+        rows = self._read(
+            "SELECT key, account_id, conversation_id, parent_message_id, dialect, updated_at"
+            " FROM exchanges WHERE conversation_id = ? ORDER BY updated_at DESC LIMIT 1",
+            (conversation_id,),
+        )
+        return Exchange(**dict(rows[0])) if rows else None
+
     def prune_exchanges(self, *, older_than: float) -> int:
         """Drop exchanges last used before `older_than`; returns how many."""
         with self._write() as db:
@@ -115,6 +124,13 @@ class QueueMethods(SqliteBase):
                 " last_error = ? WHERE conversation_id = ?",
                 (now + backoff, redact(error)[:500], conversation_id),
             )
+
+    def is_pending(self, conversation_id: str) -> bool:
+        """True while the conversation is ours and not yet deleted (it is queued)."""
+        rows = self._read(
+            "SELECT 1 FROM pending_deletions WHERE conversation_id = ?", (conversation_id,)
+        )
+        return bool(rows)
 
     def cancel_deletion(self, conversation_id: str) -> bool:
         """The client continues the conversation: keep it. True when one was queued."""

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import os
 import sys
@@ -33,34 +34,70 @@ def _env_bool(name: str) -> bool:
 
 
 def _add_serve_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--host", default=_env("HOST", "0.0.0.0"),
-                   help="address to listen on (HOST; default 0.0.0.0)")
-    p.add_argument("--port", type=int, default=int(_env("PORT", "8000")),
-                   help="port to listen on (PORT; default 8000)")
-    p.add_argument("--kimi-base-url", default=_env("KIMI_BASE_URL", "https://kimi.moonshot.cn"),
-                   help="Kimi web base URL (KIMI_BASE_URL; default https://kimi.moonshot.cn; "
-                   "https://www.kimi.com for the current Connect protocol)")
-    p.add_argument("--dialect", choices=("auto", "legacy", "connect"),
-                   default=_env("DIALECT", "auto"),
-                   help="upstream protocol (DIALECT; default auto: by the base URL)")
-    p.add_argument("--config", default=_env("CONFIG", ""),
-                   help="YAML file with accounts, gateway keys and options (CONFIG)")
-    p.add_argument("--store", default=_env("STORE", "~/.kimi-free-api/accounts.sqlite3"),
-                   help="SQLite file for accounts and rotated tokens (STORE)")
-    p.add_argument("--conversation-ttl", type=int,
-                   default=int(_env("CONVERSATION_TTL", "600")),
-                   help="seconds a conversation the proxy created is kept after its last reply; "
-                   "0 = delete when the reply ends (CONVERSATION_TTL; default 600)")
-    p.add_argument("--allow-private-urls", action="store_true",
-                   default=_env_bool("ALLOW_PRIVATE_URLS"),
-                   help="let clients name files on loopback/private addresses (ALLOW_PRIVATE_URLS)")
-    p.add_argument("--intercept-port", type=int, default=int(_env("INTERCEPT_PORT", "0")),
-                   help="also listen as a regular HTTP proxy on this port and answer "
-                   "api.openai.com through Kimi (INTERCEPT_PORT; default off)")
-    p.add_argument("--log-level", choices=LOG_LEVELS, default=_env("LOG_LEVEL", "info"),
-                   help="log verbosity (LOG_LEVEL; default info)")
-    p.add_argument("--confdir", default=_env("MITMPROXY_CONFDIR", "~/.mitmproxy"),
-                   help="mitmproxy's directory for its CA (MITMPROXY_CONFDIR)")
+    p.add_argument(
+        "--host",
+        default=_env("HOST", "0.0.0.0"),
+        help="address to listen on (HOST; default 0.0.0.0)",
+    )
+    p.add_argument(
+        "--port",
+        type=int,
+        default=int(_env("PORT", "8000")),
+        help="port to listen on (PORT; default 8000)",
+    )
+    p.add_argument(
+        "--kimi-base-url",
+        default=_env("KIMI_BASE_URL", "https://kimi.moonshot.cn"),
+        help="Kimi web base URL (KIMI_BASE_URL; default https://kimi.moonshot.cn; "
+        "https://www.kimi.com for the current Connect protocol)",
+    )
+    p.add_argument(
+        "--dialect",
+        choices=("auto", "legacy", "connect"),
+        default=_env("DIALECT", "auto"),
+        help="upstream protocol (DIALECT; default auto: by the base URL)",
+    )
+    p.add_argument(
+        "--config",
+        default=_env("CONFIG", ""),
+        help="YAML file with accounts, gateway keys and options (CONFIG)",
+    )
+    p.add_argument(
+        "--store",
+        default=_env("STORE", "~/.kimi-free-api/accounts.sqlite3"),
+        help="SQLite file for accounts and rotated tokens (STORE)",
+    )
+    p.add_argument(
+        "--conversation-ttl",
+        type=int,
+        default=int(_env("CONVERSATION_TTL", "600")),
+        help="seconds a conversation the proxy created is kept after its last reply; "
+        "0 = delete when the reply ends (CONVERSATION_TTL; default 600)",
+    )
+    p.add_argument(
+        "--allow-private-urls",
+        action="store_true",
+        default=_env_bool("ALLOW_PRIVATE_URLS"),
+        help="let clients name files on loopback/private addresses (ALLOW_PRIVATE_URLS)",
+    )
+    p.add_argument(
+        "--intercept-port",
+        type=int,
+        default=int(_env("INTERCEPT_PORT", "0")),
+        help="also listen as a regular HTTP proxy on this port and answer "
+        "api.openai.com through Kimi (INTERCEPT_PORT; default off)",
+    )
+    p.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        default=_env("LOG_LEVEL", "info"),
+        help="log verbosity (LOG_LEVEL; default info)",
+    )
+    p.add_argument(
+        "--confdir",
+        default=_env("MITMPROXY_CONFDIR", "~/.mitmproxy"),
+        help="mitmproxy's directory for its CA (MITMPROXY_CONFDIR)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -122,8 +159,8 @@ async def serve(args: argparse.Namespace, *, demo: bool = False) -> None:
             f"kimi-free-api demo: a fake Kimi runs at {base_url}; no account is needed.\n"
             f"  curl http://{host}:{args.port}/v1/chat/completions "
             "-H 'Authorization: Bearer demo-token' -H 'Content-Type: application/json' "
-            "-d '{\"model\":\"kimi\",\"stream\":true,\"messages\":"
-            "[{\"role\":\"user\",\"content\":\"Hello\"}]}'\n"
+            '-d \'{"model":"kimi","stream":true,"messages":'
+            '[{"role":"user","content":"Hello"}]}\'\n'
         )
         sys.stdout.flush()
     try:
@@ -142,10 +179,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._replay import run_replay
 
         return run_replay(args.paths, as_json=args.json, out=sys.stdout)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args, demo=args.command == "demo"))
-    except KeyboardInterrupt:
-        pass
     return 0
 
 

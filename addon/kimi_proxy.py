@@ -67,51 +67,71 @@ class KimiProxy:
 
     def load(self, loader: Loader) -> None:
         loader.add_option(
-            "kimi_base_url", str, "https://kimi.moonshot.cn",
+            "kimi_base_url",
+            str,
+            "https://kimi.moonshot.cn",
             "Kimi web base URL (https://kimi.moonshot.cn, or https://www.kimi.com).",
         )
         loader.add_option(
-            "kimi_dialect", str, "auto",
+            "kimi_dialect",
+            str,
+            "auto",
             "Upstream protocol: auto (by base URL), legacy (REST+SSE) or connect (Connect-RPC).",
         )
         loader.add_option("kimi_config", str, "", "YAML file with accounts, keys and options.")
         loader.add_option(
-            "kimi_store", str, "~/.kimi-free-api/accounts.sqlite3",
+            "kimi_store",
+            str,
+            "~/.kimi-free-api/accounts.sqlite3",
             "SQLite file holding accounts and rotated tokens (created with mode 0600).",
         )
         loader.add_option(
-            "conversation_ttl", int, 600,
+            "conversation_ttl",
+            int,
+            600,
             "Seconds a Kimi conversation the proxy created is kept after its last reply "
             "(0 = delete when the reply ends).",
         )
         loader.add_option(
-            "auto_continue", bool, True,
+            "auto_continue",
+            bool,
+            True,
             "Continue the Kimi conversation when a client resends a history it already sent.",
         )
         loader.add_option(
-            "precreate_conversations", int, 1,
+            "precreate_conversations",
+            int,
+            1,
             "Conversations each account creates ahead of time to save a round trip (0 = off).",
         )
         loader.add_option(
-            "allow_private_urls", bool, False,
+            "allow_private_urls",
+            bool,
+            False,
             "Allow file/image URLs that resolve to loopback or private addresses.",
         )
         loader.add_option(
             "max_file_bytes", int, 100 * 1024 * 1024, "Largest file or image a client may send."
         )
         loader.add_option(
-            "intercept_hosts", Sequence[str], ["api.openai.com"],
+            "intercept_hosts",
+            Sequence[str],
+            ["api.openai.com"],
             "Hosts whose API requests are answered through Kimi in regular proxy mode.",
         )
         loader.add_option(
             "max_account_concurrency", int, 5, "Replies one Kimi account may stream at once."
         )
         loader.add_option(
-            "account_cooldown", int, 60,
+            "account_cooldown",
+            int,
+            60,
             "Seconds an account rests after a rate limit when Kimi gives no Retry-After.",
         )
         loader.add_option(
-            "keepalive_interval", int, 15,
+            "keepalive_interval",
+            int,
+            15,
             "Seconds of upstream silence after which an SSE keep-alive comment is sent.",
         )
         loader.add_option(
@@ -193,7 +213,8 @@ class KimiProxy:
             log.exception("kimi-free-api could not start its relay")
             raise
         parts = urlsplit(base)
-        assert parts.hostname is not None and parts.port is not None
+        assert parts.hostname is not None
+        assert parts.port is not None
         self.relay_address = (parts.hostname, parts.port)
         log.info("kimi-free-api relay ready; Kimi at %s", self.base_url)
 

@@ -78,5 +78,8 @@ async def running_proxy(
             url=reverse, addon=addon, master=master, regular_url=regular_url, confdir=confdir
         )
     finally:
+        # Close mitmproxy's listening sockets first: shutdown alone leaves them to the GC.
+        if not task.done():
+            await master.addons.get("proxyserver").servers.update([])
         master.shutdown()
         await asyncio.wait_for(task, 15)

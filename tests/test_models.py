@@ -6,6 +6,7 @@ import dataclasses
 
 import pytest
 
+from tests.schema_check import assert_valid
 from translator._errors import LocalProtocolError
 from translator._models import (
     K1_AGENT_ID,
@@ -155,6 +156,7 @@ def test_catalog_names_resolve_as_described():
 
 def test_model_list_body():
     body = model_list(1700000000)
+    assert_valid("openai.models", body)
     assert body["object"] == "list"
     assert [m["id"] for m in body["data"]] == [model_id for model_id, _ in MODEL_CATALOG]
     for entry in body["data"]:

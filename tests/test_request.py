@@ -258,6 +258,7 @@ def test_invalid_requests_name_the_field(body, param, code):
 
 def assert_valid_error_body(body):
     assert set(body["error"]) == {"message", "type", "param", "code"}
+    assert_valid("openai.error", body)
 
 
 VALID = [

@@ -84,6 +84,7 @@ def test_recorded_splits(name):
 
 def test_utf8_splits_cut_inside_characters():
     scenario = load_scenario("utf8_split")
+    assert scenario.splits
     for point in scenario.splits:
         with pytest.raises(UnicodeDecodeError):
             scenario.upstream[:point].decode("utf-8")
@@ -91,6 +92,7 @@ def test_utf8_splits_cut_inside_characters():
 
 def test_crlf_splits_fall_between_cr_and_lf():
     scenario = load_scenario("crlf_line_endings")
+    assert scenario.splits
     assert all(scenario.upstream[p - 1 : p + 1] == b"\r\n" for p in scenario.splits)
 
 

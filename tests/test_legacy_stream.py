@@ -86,6 +86,7 @@ def test_get_res_search_result():
 def test_ref_docs_and_k1_results_map_fields_and_dedupe_by_url():
     events = events_of(
         {"event": "search_plus", "msg": {"type": "get_res", "url": "https://a/"}},
+        {"event": "search_plus", "msg": {"type": "get_res", "url": "", "title": "no url"}},
         {
             "event": "k1",
             "type": "search_results",

@@ -354,7 +354,7 @@ def test_length_then_continuation_is_one_answer():
     valid(chunks)
     assert text_of(chunks) == "part one two"
     assert finish_of(chunks) == "stop"
-    assert sum(1 for d in deltas(chunks) if d and "role" in d) == 1
+    assert len([d for d in deltas(chunks) if d is not None and "role" in d]) == 1
     assert t.event_counts["continuation"] == 1
     assert t.last_message_id == "seg2"
 
@@ -484,6 +484,14 @@ def test_silent_search_only_annotates():
         (a["url_citation"]["start_index"], a["url_citation"]["end_index"])
         for a in annotations_of(chunks)
     ] == [(0, 0), (0, 0)]
+
+
+def test_results_without_url_are_not_cited():
+    t = make([SearchResult(title="x", url=""), TextDelta(text="a")])
+    chunks = valid(t.feed(b".") + t.close())
+    assert text_of(chunks) == "a"
+    assert annotations_of(chunks) is None
+    assert t.event_counts["SearchResult"] == 1
 
 
 def test_silent_search_alone_does_not_start_the_answer():

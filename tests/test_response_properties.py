@@ -74,7 +74,7 @@ _text = st.text(
     alphabet=st.sampled_from(list("ab \n[]()你好🙂é\r")) | st.characters(codec="utf-8"),
     max_size=8,
 )
-_url = st.sampled_from(["https://a.example/", "https://b.example/x (1)", "u"])
+_url = st.sampled_from(["https://a.example/", "https://b.example/x (1)", "u", ""])
 _result = st.fixed_dictionaries({"url": _url}, optional={"title": _text, "site_name": _text})
 kimi_event = st.one_of(
     st.builds(lambda t: {"event": "cmpl", "text": t}, _text),

@@ -261,8 +261,8 @@ class Assembler:
         self._write(text)
 
     def _search(self, result: SearchResult) -> None:
-        if result.url in self._urls:
-            return
+        if not result.url or result.url in self._urls:
+            return  # a result without a url cannot be cited (OpenAI requires one)
         self._urls.add(result.url)
         if self._silent:
             # Nothing in the text to point at: the span is empty, at the start.

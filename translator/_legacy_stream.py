@@ -20,8 +20,8 @@ with an `event` field, parsed into a frozen `KimiEvent`, then read by its `event
 - `resp`, `done`, `ping`, `rename`, `loading`, `debug`, `chat_prompt` → Noise(event)
 - any other `event`                   → Unknown(event, payload = the raw data)
 
-A search result whose url was already reported in this stream is dropped (Kimi repeats results
-across `search_plus`, `k1` and `ref_docs`).
+A search result whose url was already reported in this stream, or whose url is empty, is dropped
+(Kimi repeats results across `search_plus`, `k1` and `ref_docs`).
 
 Data that is not a JSON object with a string `event`, or a known event whose fields have the
 wrong type (e.g. `cmpl` without a string `text`), is a `RemoteProtocolError`: silently dropping
@@ -173,8 +173,8 @@ class LegacyDecoder:
             if not isinstance(item, Mapping):
                 raise _bad(f"Kimi sent a search result that is not an object: {ev.raw[:80]!r}")
             url = _need_str(item, "url", ev)
-            if url in self._urls:
-                continue
+            if not url or url in self._urls:
+                continue  # nothing to cite, or already reported
             self._urls.add(url)
             yield SearchResult(
                 title=_opt_str(item, "title", ev) or "",

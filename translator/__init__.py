@@ -1,13 +1,130 @@
 """kimi-free-api's sans-I/O translator: OpenAI chat completions ⇄ Kimi's web protocol.
 
 Everything the proxy decides about the protocol is decided here, with no I/O, clock or randomness,
-so it can be tested without a network. See docs/translator.md.
+so it can be tested without a network. See docs/translator.md for the API and a worked example.
+
+    plan = plan_chat(openai_request)                    # validate, resolve the model, flatten
+    call = completion_call(conversation_id, prompt=plan.prompt, flags=plan.flags)
+    translator = ResponseTranslator(LegacyDecoder(), completion_id=conversation_id,
+                                    model=plan.model, created=now)
+    for data in kimi_body:                              # any split of the bytes
+        for chunk in translator.feed(data): send(encode_sse(chunk))
+    for chunk in translator.close(): send(encode_sse(chunk))
+    send(SSE_DONE)
 """
 
 from __future__ import annotations
 
-from ._errors import LocalProtocolError, RemoteProtocolError, TranslatorError
-from ._plan import ChatPlan, FileSource, InlineFile, KimiCall, Message, ModelFlags, UrlFile
+from ._assembler import (
+    Assembler,
+    State,
+)
+from ._connect_calls import (
+    CHAT_SERVICE,
+    DELETE_CHAT_SERVICE,
+    chat_call,
+    delete_chat_call,
+    session_headers,
+    validate_chat_id,
+)
+from ._connect_frames import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    FLAG_COMPRESSED,
+    FLAG_END_STREAM,
+    Envelope,
+    EnvelopeDecoder,
+    encode_envelope,
+)
+from ._connect_stream import (
+    MODERATION_REASON_MARKERS,
+    ConnectDecoder,
+    connect_error,
+)
+from ._dataurl import (
+    DataURL,
+    effective_mime,
+    extension_for_mime,
+    inline_name,
+    kind_for_mime,
+    parse_data_url,
+    sniff_mime,
+)
+from ._errors import (
+    LocalProtocolError,
+    RemoteProtocolError,
+    TranslatorError,
+)
+from ._fold import (
+    fold_completion,
+)
+from ._jwt import (
+    JwtClaims,
+    decode_jwt_claims,
+)
+from ._kimi_errors import (
+    error_for_type,
+    is_moderation,
+    kimi_error,
+    retry_after_seconds,
+)
+from ._legacy_calls import (
+    REFRESH_PATH,
+    UploadedFile,
+    completion_call,
+    continuation_call,
+    create_conversation_call,
+    delete_conversation_call,
+    parse_process_call,
+    presign_call,
+    refresh_token_call,
+    register_file_call,
+    research_usage_call,
+    user_call,
+)
+from ._legacy_stream import (
+    KimiEvent,
+    LegacyDecoder,
+    parse_kimi_event,
+)
+from ._messages import (
+    LATEST_FILES_HINT,
+    LATEST_HINT,
+    flatten_messages,
+    normalise_messages,
+    wrap_urls,
+)
+from ._models import (
+    K1_AGENT_ID,
+    MODEL_CATALOG,
+    MODEL_NAME,
+    MODEL_TABLE,
+    ModelRule,
+    model_list,
+    resolve_model,
+)
+from ._plan import (
+    ChatPlan,
+    FileSource,
+    InlineFile,
+    KimiCall,
+    Message,
+    ModelFlags,
+    UrlFile,
+)
+from ._request import (
+    plan_chat,
+)
+from ._response import (
+    ResponseTranslator,
+)
+from ._sse import (
+    DEFAULT_MAX_BYTES,
+    SSE_DONE,
+    ServerSentEvent,
+    SSEDecoder,
+    encode_sse,
+    encode_sse_comment,
+)
 from ._upstream import (
     ContentFiltered,
     ConversationStarted,
@@ -23,29 +140,107 @@ from ._upstream import (
     UpstreamEvent,
     UpstreamFailure,
 )
+from ._usage import (
+    estimate_tokens,
+    usage_for,
+)
+from ._validate import (
+    check_conversation_id,
+    validate_request,
+)
 
 __all__ = [
+    "CHAT_SERVICE",
+    "DEFAULT_MAX_BYTES",
+    "DEFAULT_MAX_MESSAGE_BYTES",
+    "DELETE_CHAT_SERVICE",
+    "FLAG_COMPRESSED",
+    "FLAG_END_STREAM",
+    "K1_AGENT_ID",
+    "LATEST_FILES_HINT",
+    "LATEST_HINT",
+    "MODEL_CATALOG",
+    "MODEL_NAME",
+    "MODEL_TABLE",
+    "MODERATION_REASON_MARKERS",
+    "REFRESH_PATH",
+    "SSE_DONE",
+    "Assembler",
     "ChatPlan",
+    "ConnectDecoder",
     "ContentFiltered",
     "ConversationStarted",
+    "DataURL",
+    "Envelope",
+    "EnvelopeDecoder",
     "FileSource",
     "Finished",
     "InlineFile",
+    "JwtClaims",
     "KimiCall",
+    "KimiEvent",
+    "LegacyDecoder",
     "LengthStop",
     "LocalProtocolError",
     "Message",
     "MessageId",
     "ModelFlags",
+    "ModelRule",
     "Noise",
     "ReasoningDelta",
     "RemoteProtocolError",
+    "ResponseTranslator",
+    "SSEDecoder",
     "SearchResult",
+    "ServerSentEvent",
+    "State",
     "StreamDecoder",
     "TextDelta",
     "TranslatorError",
     "Unknown",
+    "UploadedFile",
     "UpstreamEvent",
     "UpstreamFailure",
     "UrlFile",
+    "chat_call",
+    "check_conversation_id",
+    "completion_call",
+    "connect_error",
+    "continuation_call",
+    "create_conversation_call",
+    "decode_jwt_claims",
+    "delete_chat_call",
+    "delete_conversation_call",
+    "effective_mime",
+    "encode_envelope",
+    "encode_sse",
+    "encode_sse_comment",
+    "error_for_type",
+    "estimate_tokens",
+    "extension_for_mime",
+    "flatten_messages",
+    "fold_completion",
+    "inline_name",
+    "is_moderation",
+    "kimi_error",
+    "kind_for_mime",
+    "model_list",
+    "normalise_messages",
+    "parse_data_url",
+    "parse_kimi_event",
+    "parse_process_call",
+    "plan_chat",
+    "presign_call",
+    "refresh_token_call",
+    "register_file_call",
+    "research_usage_call",
+    "resolve_model",
+    "retry_after_seconds",
+    "session_headers",
+    "sniff_mime",
+    "usage_for",
+    "user_call",
+    "validate_chat_id",
+    "validate_request",
+    "wrap_urls",
 ]

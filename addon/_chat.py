@@ -190,9 +190,7 @@ class ChatService:
         finished = False
         try:
             if not conversation_id and dialect.creates_conversation_first:
-                conversation_id = await self.keeper.open_conversation(
-                    account, dialect, token, plan.flags
-                )
+                conversation_id, token = await self._open(account, dialect, token, plan)
                 created_here = True
             files = await self._upload(plan, account, dialect, token, conversation_id)
             translator = ResponseTranslator(
@@ -255,6 +253,20 @@ class ChatService:
                 self.keeper.release(
                     account, dialect, conversation_id, keep=finished, created_here=created_here
                 )
+
+    async def _open(
+        self, account: Account, dialect: Dialect, token: str, plan: ChatPlan
+    ) -> tuple[str, str]:
+        """Create the conversation; returns it with the token in use. A 401 means the cached
+        access token died before we expected (legacy tokens carry no expiry, and Kimi may end a
+        session early): refresh once and retry, as `_stream` does, before blaming the account."""
+        try:
+            return await self.keeper.open_conversation(account, dialect, token, plan.flags), token
+        except RemoteProtocolError as err:
+            if err.status != 401:
+                raise
+        token = await self._token(account, refused=token)
+        return await self.keeper.open_conversation(account, dialect, token, plan.flags), token
 
     def _resumption(self, plan: ChatPlan, account: Account) -> Resumption | None:
         if plan.conversation_id:

@@ -193,28 +193,41 @@ class ChatService:
                 conversation_id, token = await self._open(account, dialect, token, plan)
                 created_here = True
             files = await self._upload(plan, account, dialect, token, conversation_id)
-            translator = ResponseTranslator(
-                dialect.decoder(),
-                completion_id=conversation_id or None,
-                model=plan.model,
-                created=int(self.wall_clock()),
-                silent=plan.flags.silent,
-                include_usage=plan.include_usage,
-                prompt_text=plan.prompt,
-                max_continuations=self.settings.max_continuations,
-            )
+            created_at = int(self.wall_clock())
+
+            def new_translator() -> ResponseTranslator:
+                return ResponseTranslator(
+                    dialect.decoder(),
+                    completion_id=conversation_id or None,
+                    model=plan.model,
+                    created=created_at,
+                    silent=plan.flags.silent,
+                    include_usage=plan.include_usage,
+                    prompt_text=plan.prompt,
+                    max_continuations=self.settings.max_continuations,
+                )
+
+            translator = new_translator()
             call = dialect.completion_call(
                 plan, conversation_id=conversation_id, parent_id=parent_id, files=files
             )
-            token = await self._stream(call, token, account, dialect, translator, reply, stats)
+            try:
+                await self._stream(call, token, dialect, translator, reply, stats)
+            except RemoteProtocolError as err:
+                # An expired access token (HTTP 401, or Connect's in-stream `unauthenticated`)
+                # before any byte went out: refresh once and post again with a fresh translator
+                # (the failed one is in its error state).
+                if err.status != 401 or translator.started or reply.started:
+                    raise
+                token = await self._token(account, refused=token)
+                translator = new_translator()
+                await self._stream(call, token, dialect, translator, reply, stats)
             while (segment := translator.continuation_segment) is not None:
                 follow = dialect.continuation_call(conversation_id, segment, plan.flags)
                 if follow is None:
                     break
                 translator.begin_continuation(dialect.decoder())
-                token = await self._stream(
-                    follow, token, account, dialect, translator, reply, stats
-                )
+                await self._stream(follow, token, dialect, translator, reply, stats)
             if not conversation_id and translator.conversation_id:
                 conversation_id = translator.conversation_id
                 created_here = True
@@ -313,31 +326,19 @@ class ChatService:
 
     async def _stream(
         self,
-        call: Any,
+        call: KimiCall,
         token: str,
-        account: Account,
         dialect: Dialect,
         translator: ResponseTranslator,
         reply: Reply,
         stats: ChatStats,
-    ) -> str:
-        """Post one streaming call and pump its answer into the reply. Returns the token in use
-        (it changes when a 401 made us refresh once)."""
-        retried = False
-        while True:
-            try:
-                async with self.kimi.stream(call, token=token) as resp:
-                    if resp.status_code >= 400 or _is_json(resp):
-                        body = await resp.aread()
-                        raise dialect.http_error(resp.status_code, body)
-                    await self._pump(resp, translator, reply, stats)
-                    return token
-            except RemoteProtocolError as err:
-                if err.status == 401 and not retried and not translator.started:
-                    retried = True
-                    token = await self._token(account, refused=token)
-                    continue
-                raise
+    ) -> None:
+        """Post one streaming call and pump its answer through the translator into the reply."""
+        async with self.kimi.stream(call, token=token) as resp:
+            if resp.status_code >= 400 or _is_json(resp):
+                body = await resp.aread()
+                raise dialect.http_error(resp.status_code, body)
+            await self._pump(resp, translator, reply, stats)
 
     async def _pump(
         self,

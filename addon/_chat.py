@@ -234,8 +234,17 @@ class ChatService:
             final = translator.close()
             response = await reply.finish(final)
             answer = reply.content
-            finished = True
-            if conversation_id and (self.settings.auto_continue or plan.conversation_id):
+            # A moderation stop ends the conversation's use: it is deleted at once.
+            finished = not any(
+                choice.get("finish_reason") == "content_filter"
+                for chunk in final
+                for choice in chunk.get("choices") or ()
+            )
+            if (
+                finished
+                and conversation_id
+                and (self.settings.auto_continue or plan.conversation_id)
+            ):
                 self.keeper.remember(
                     account,
                     dialect,

@@ -72,12 +72,15 @@ class Runtime:
         s = self.settings
         timeout = httpx.Timeout(connect=10.0, read=s.stall_timeout, write=30.0, pool=30.0)
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+        # HTTP/2 where Kimi offers it (ALPN), keep-alive always: no handshake per request after
+        # warm-up. (The h2 package comes with mitmproxy.)
         self.client = httpx.AsyncClient(
             timeout=timeout,
             limits=limits,
             verify=s.verify,
             follow_redirects=False,
             trust_env=False,
+            http2=True,
         )
         kimi = KimiClient(self.client, s.kimi_base_url)
         self.store = store = Store(os.path.expanduser(s.store_path))

@@ -151,9 +151,9 @@ class KimiProxy:
             )
         if "connection_strategy" in updated and opts.connection_strategy != "lazy":
             raise exceptions.OptionsError("kimi-free-api needs connection_strategy=lazy")
-        if "kimi_base_url" in updated:
+        if "kimi_base_url" in updated or "mode" in updated:
             try:
-                self.base_url = parse_base_url(opts.kimi_base_url)
+                self.base_url = parse_base_url(self._kimi_base_url())
             except ValueError as exc:
                 raise exceptions.OptionsError(str(exc)) from None
         if "kimi_dialect" in updated and opts.kimi_dialect not in DIALECTS:
@@ -179,6 +179,18 @@ class KimiProxy:
                 except KeyError as exc:
                     raise exceptions.OptionsError(f"{opts.kimi_config}: {exc}") from None
 
+    def _kimi_base_url(self) -> str:
+        """`kimi_base_url` when set; else the target of `--mode reverse:<url>`, which is what a
+        user of `mitmdump -s addon/kimi_proxy.py --mode reverse:https://www.kimi.com` means."""
+        opts = ctx.options
+        if opts.has_changed("kimi_base_url"):
+            return str(opts.kimi_base_url)
+        for spec in opts.mode:
+            mode = mode_specs.ProxyMode.parse(spec)
+            if isinstance(mode, mode_specs.ReverseMode) and mode.scheme in ("http", "https"):
+                return mode.data
+        return str(opts.kimi_base_url)
+
     def _settings(self) -> RuntimeSettings:
         opts = ctx.options
         return RuntimeSettings(
@@ -202,6 +214,9 @@ class KimiProxy:
 
     def running(self) -> None:
         # Sync on purpose: mitmproxy calls `running` from sync code when a script is (re)loaded.
+        # httpx logs every request URL at INFO: too chatty for one line per completion, and
+        # pre-signed upload URLs carry signatures.
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         self.runtime = Runtime(self._settings())
         asyncio.get_running_loop().create_task(self._start())
 

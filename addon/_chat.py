@@ -269,6 +269,11 @@ class ChatService:
                 raise _BeforeStart(err) from err
             return await reply.fail(err)
         finally:
+            if not conversation_id and translator is not None and translator.conversation_id:
+                # Connect: the stream call itself created the chat, and a hang-up (a
+                # CancelledError) skips the lines above that learn its id.
+                conversation_id = translator.conversation_id
+                created_here = True
             if conversation_id:
                 # Errors, moderation stops and hang-ups end the conversation's use at once;
                 # a good reply keeps it for `conversation_ttl` so the next turn can continue it.

@@ -135,6 +135,12 @@ class KimiProxy:
             "Seconds of upstream silence after which an SSE keep-alive comment is sent.",
         )
         loader.add_option(
+            "stall_timeout",
+            int,
+            120,
+            "Seconds without a byte from Kimi after which a reply ends with a 504-style error.",
+        )
+        loader.add_option(
             "refresh_path", str, "/api/auth/token/refresh", "Path of Kimi's token refresh call."
         )
         # Offline interception must not connect to api.openai.com before our hook ran.
@@ -163,7 +169,12 @@ class KimiProxy:
         for name in ("conversation_ttl", "precreate_conversations", "account_cooldown"):
             if name in updated and getattr(opts, name) < 0:
                 raise exceptions.OptionsError(f"{name} must be >= 0")
-        for name in ("max_file_bytes", "max_account_concurrency", "keepalive_interval"):
+        for name in (
+            "max_file_bytes",
+            "max_account_concurrency",
+            "keepalive_interval",
+            "stall_timeout",
+        ):
             if name in updated and getattr(opts, name) < 1:
                 raise exceptions.OptionsError(f"{name} must be >= 1")
         if "intercept_hosts" in updated:
@@ -205,6 +216,7 @@ class KimiProxy:
             max_account_concurrency=opts.max_account_concurrency,
             account_cooldown=float(opts.account_cooldown),
             keepalive_interval=float(opts.keepalive_interval),
+            stall_timeout=float(opts.stall_timeout),
             refresh_path=opts.refresh_path,
             verify=self.verify,
             config=self.config,

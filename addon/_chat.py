@@ -393,6 +393,14 @@ class ChatService:
                 silent_for = 0.0
                 if item is None:
                     return
+                if isinstance(item, httpx.TimeoutException):
+                    # httpx's read timeout is the stall timeout too (_runtime.py): the same
+                    # verdict as the silence count above, whichever clock fires first.
+                    raise RemoteProtocolError(
+                        f"Kimi sent nothing for {self.settings.stall_timeout:.0f} s; giving up",
+                        status=504,
+                        code="upstream_stalled",
+                    ) from item
                 if isinstance(item, httpx.HTTPError):
                     raise RemoteProtocolError(
                         f"the connection to Kimi broke mid-answer: {type(item).__name__}",

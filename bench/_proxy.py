@@ -1,0 +1,132 @@
+"""Start and stop the proxy under test, in this process or in a child process.
+
+`subprocess` (the default of `bench.run`) gives the proxy its own CPU time and RSS; `inprocess`
+(the smoke test) shares one event loop with the fake and the clients, so its CPU and RSS figures
+are those of the whole benchmark.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import ssl
+import sys
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ._probe import RequestLog, snapshot
+
+__all__ = ["ProxyHandle", "start_proxy"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+class ProxyHandle(Protocol):
+    url: str
+    separate_process: bool
+
+    async def snap(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class _InProcess:
+    url: str
+    log: RequestLog
+    separate_process: bool = False
+
+    async def snap(self) -> dict[str, Any]:
+        return snapshot(self.log)
+
+
+@dataclass
+class _Child:
+    url: str
+    proc: asyncio.subprocess.Process
+    separate_process: bool = True
+
+    async def _line(self) -> str:
+        assert self.proc.stdout is not None
+        while True:
+            raw = await asyncio.wait_for(self.proc.stdout.readline(), 60)
+            if not raw:
+                raise RuntimeError("the proxy process exited")
+            line = raw.decode().strip()
+            if line.startswith("BENCH "):
+                return line[6:]
+
+    async def snap(self) -> dict[str, Any]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"snap\n")
+        await self.proc.stdin.drain()
+        result: dict[str, Any] = json.loads(await self._line())
+        return result
+
+
+@contextlib.asynccontextmanager
+async def start_proxy(
+    *,
+    mode: str,
+    kimi_base_url: str,
+    ca_cert: str | None,
+    workdir: Path,
+    options: dict[str, Any],
+    profile: Path | None = None,
+) -> AsyncIterator[ProxyHandle]:
+    if mode == "inprocess":
+        from tests.proxy_harness import running_proxy
+
+        log = RequestLog()
+        log.install()
+        verify: bool | ssl.SSLContext = (
+            ssl.create_default_context(cafile=ca_cert) if ca_cert else True
+        )
+        try:
+            async with running_proxy(kimi_base_url, workdir, verify=verify, **options) as p:  # type: ignore[arg-type]
+                yield _InProcess(url=p.url, log=log)
+        finally:
+            log.remove()
+        return
+    if mode != "subprocess":
+        raise ValueError(f"proxy mode is 'subprocess' or 'inprocess', got {mode!r}")
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "bench._proxy_child",
+        "--kimi-base-url",
+        kimi_base_url,
+        "--ca",
+        ca_cert or "",
+        "--dir",
+        str(workdir),
+        "--options",
+        json.dumps(options),
+        *(["--profile", str(profile)] if profile else []),
+        cwd=str(ROOT),
+        env=env,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    child = _Child(url="", proc=proc)
+    try:
+        ready = await child._line()
+        if not ready.startswith("READY "):
+            raise RuntimeError(f"unexpected answer from the proxy process: {ready!r}")
+        child.url = ready[6:]
+        yield child
+    finally:
+        if proc.returncode is None and proc.stdin is not None:
+            with contextlib.suppress(OSError):
+                proc.stdin.write(b"quit\n")
+                await proc.stdin.drain()
+                proc.stdin.close()
+        try:
+            # The proxy deletes the conversations it still holds on shutdown (<= 10 s).
+            await asyncio.wait_for(proc.wait(), 30)
+        except TimeoutError:
+            proc.kill()
+            await proc.wait()

@@ -1,0 +1,256 @@
+"""The end-to-end benchmark: `python -m bench.run [--quick] [--concurrency 1,50,500]`.
+
+Starts the fake Kimi (TLS, an injected round trip per call, a fixed token rate) and the proxy
+(reverse mode; a child process by default), then at each concurrency measures the limit (the
+fake's completion stream called directly on an existing conversation), the proxy through the
+openai SDK, and the proxy through a raw httpx client. Writes bench/results/latest.{json,md}.
+Loopback only; bounded by --max-seconds; stops everything it started. See docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import dataclasses
+import os
+import platform
+import ssl
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fixtures.fake_kimi import FakeKimi
+
+from ._phases import Env, delete_limit_conversations, run_phase
+from ._proxy import start_proxy
+from ._report import add_ratios, markdown, write_results
+from ._stats import raise_fd_limit
+
+__all__ = ["BenchConfig", "default_completions", "main", "run_bench"]
+
+RESULTS = Path(__file__).resolve().parent / "results"
+KINDS = ("limit", "sdk", "raw")
+
+
+def default_completions(concurrency: int) -> int:
+    """40 at c=1 (p99 is then the 40th value: read it as a max), 4 waves up to 500 in all."""
+    return min(max(40, 4 * concurrency), max(concurrency, 500))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class BenchConfig:
+    concurrency: tuple[int, ...] = (1, 50, 500)
+    #: completions per level; None: default_completions(c)
+    completions: int | None = None
+    rtt: float = 0.040
+    tls: bool = True
+    token_rate: float = 200.0
+    #: the fake writes each event in one piece (a server flushing per event), not 1..24 bytes
+    chunk_size: tuple[int, int] = (4096, 4096)
+    prompt: str = "Measure the path, not the model: how long until the first token arrives?"
+    proxy_mode: str = "subprocess"
+    #: the tokens are per worker (one account per open stream, like many users), so this only
+    #: guards the rule; it is not what limits the benchmark
+    max_account_concurrency: int = 5
+    precreate_conversations: int = 1
+    max_seconds: float = 240.0
+    #: cProfile the proxy process (subprocess mode) into this file
+    profile_proxy: Path | None = None
+    kinds: tuple[str, ...] = KINDS
+
+
+def machine() -> dict[str, Any]:
+    model = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    model = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    import mitmproxy.version
+
+    return {
+        "cpus": len(os.sched_getaffinity(0)),
+        "cpu_model": model,
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "mitmproxy": mitmproxy.version.VERSION,
+        "load_average_start": [round(x, 2) for x in os.getloadavg()],
+        "network": "loopback, fake upstream + proxy + clients on one machine",
+    }
+
+
+async def run_bench(cfg: BenchConfig, *, workdir: Path | None = None) -> dict[str, Any]:
+    """Run every level and client kind; returns the result dict (see docs/benchmarks.md)."""
+    fd_limit = raise_fd_limit()
+    started = time.monotonic()
+    result: dict[str, Any] = {
+        "config": {
+            "concurrency": list(cfg.concurrency),
+            "rtt_ms": cfg.rtt * 1000,
+            "tls": cfg.tls,
+            "token_rate": cfg.token_rate,
+            "chunk_size": list(cfg.chunk_size),
+            "prompt_chars": len(cfg.prompt),
+            "proxy_mode": cfg.proxy_mode,
+            "accounts": "one refresh token per worker (bench-0 ... bench-<c-1>)",
+            "max_account_concurrency": cfg.max_account_concurrency,
+            "precreate_conversations": cfg.precreate_conversations,
+            "fd_limit": fd_limit,
+        },
+        "machine": machine(),
+        "levels": [],
+        "notes": [],
+    }
+    with tempfile.TemporaryDirectory(prefix="kimi-bench-") as tmp:
+        base = Path(tempfile.mkdtemp(dir=workdir)) if workdir else Path(tmp)
+        result["config"]["workdir_fs"] = _filesystem(base)
+        fake = FakeKimi(
+            dialect_routes="legacy",
+            rtt=cfg.rtt,
+            tls=cfg.tls,
+            token_rate=cfg.token_rate,
+            chunk_size=cfg.chunk_size,
+        )
+        await fake.start()
+        try:
+            client_tls = (
+                ssl.create_default_context(cafile=fake.ca_cert_path) if fake.ca_cert_path else None
+            )
+            options = {
+                "kimi_dialect": "legacy",
+                "max_account_concurrency": cfg.max_account_concurrency,
+                "precreate_conversations": cfg.precreate_conversations,
+            }
+            async with start_proxy(
+                mode=cfg.proxy_mode,
+                kimi_base_url=fake.base_url,
+                ca_cert=fake.ca_cert_path,
+                workdir=base,
+                options=options,
+                profile=cfg.profile_proxy,
+            ) as proxy:
+                env = Env(
+                    fake=fake,
+                    proxy=proxy,
+                    client_tls=client_tls,
+                    prompt=cfg.prompt,
+                    rtt=cfg.rtt,
+                    deadline=started + cfg.max_seconds,
+                )
+                try:
+                    await _levels(cfg, env, result)
+                finally:
+                    _fast_cleanup(fake)
+                    await delete_limit_conversations(env)
+            result["conversations_left_behind"] = len(fake.record.live_conversations())
+        finally:
+            await fake.stop()
+    result["duration_s"] = round(time.monotonic() - started, 1)
+    result["machine"]["load_average_end"] = [round(x, 2) for x in os.getloadavg()]
+    return result
+
+
+async def _levels(cfg: BenchConfig, env: Env, result: dict[str, Any]) -> None:
+    for concurrency in cfg.concurrency:
+        n = cfg.completions or default_completions(concurrency)
+        level: dict[str, Any] = {"concurrency": concurrency, "results": {}}
+        result["levels"].append(level)
+        for kind in cfg.kinds:
+            try:
+                level["results"][kind] = await run_phase(env, kind, concurrency, n)
+            except TimeoutError:
+                result["notes"].append(
+                    f"stopped at c={concurrency} ({kind}): --max-seconds "
+                    f"({cfg.max_seconds:.0f} s) used up"
+                )
+                add_ratios(level["results"])
+                return
+            _progress(level["results"][kind])
+        add_ratios(level["results"])
+
+
+def _filesystem(path: Path) -> str:
+    """The mount (and type) the proxy's SQLite store lives on: its fsyncs cost differ a lot."""
+    best = ("/", "?")
+    try:
+        with open("/proc/mounts", encoding="utf-8") as mounts:
+            for line in mounts:
+                parts = line.split()
+                if str(path).startswith(parts[1]) and len(parts[1]) >= len(best[0]):
+                    best = (parts[1], parts[2])
+    except OSError:
+        return "unknown"
+    return f"{best[0]} ({best[1]})"
+
+
+def _fast_cleanup(fake: FakeKimi) -> None:
+    # The proxy deletes every conversation it holds when it stops, one call after another; with
+    # the injected RTT that is ~40 ms each. The measurement is over: drop the RTT so cleanup
+    # takes seconds. (FakeKimi has no public setter for this; its config is a frozen value.)
+    core = fake._core
+    core.config = dataclasses.replace(core.config, rtt=0.0)
+
+
+def _progress(res: dict[str, Any]) -> None:
+    sys.stderr.write(
+        f"c={res['concurrency']:<4} {res['client']:<6} n={res['completions']:<4} "
+        f"ttft p50={res['ttft_ms']['p50']:.1f}ms p95={res['ttft_ms']['p95']:.1f}ms "
+        f"wall={res['wall_s']:.1f}s errors={sum(res['errors'].values())}\n"
+    )
+    sys.stderr.flush()
+
+
+def _parse_levels(text: str) -> tuple[int, ...]:
+    levels = tuple(int(part) for part in text.split(",") if part.strip())
+    if not levels or min(levels) < 1:
+        raise argparse.ArgumentTypeError("a comma-separated list of positive integers")
+    return levels
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.run", description=__doc__)
+    parser.add_argument("--quick", action="store_true", help="concurrency 1,10; 10 completions")
+    parser.add_argument("--concurrency", type=_parse_levels, help="e.g. 1,50,500 (the default)")
+    parser.add_argument("--completions", type=int, help="completions per level")
+    parser.add_argument("--rtt-ms", type=float, default=40.0, help="injected RTT per call")
+    parser.add_argument("--token-rate", type=float, default=200.0, help="tokens/s per stream")
+    parser.add_argument("--no-tls", action="store_true", help="plain HTTP to the fake Kimi")
+    parser.add_argument(
+        "--proxy", choices=("subprocess", "inprocess"), default="subprocess", help="where it runs"
+    )
+    parser.add_argument("--max-seconds", type=float, default=240.0, help="time budget")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="results folder")
+    parser.add_argument(
+        "--workdir", type=Path, help="folder for the proxy's store and CA (default: a temp dir)"
+    )
+    parser.add_argument("--profile-proxy", type=Path, help="cProfile the proxy process to FILE")
+    parser.add_argument(
+        "--clients", default=",".join(KINDS), help="which of limit,sdk,raw to run (default all)"
+    )
+    args = parser.parse_args(argv)
+    cfg = BenchConfig(
+        concurrency=args.concurrency or ((1, 10) if args.quick else (1, 50, 500)),
+        completions=args.completions or (10 if args.quick else None),
+        rtt=args.rtt_ms / 1000,
+        tls=not args.no_tls,
+        token_rate=args.token_rate,
+        proxy_mode=args.proxy,
+        max_seconds=args.max_seconds,
+        profile_proxy=args.profile_proxy.resolve() if args.profile_proxy else None,
+        kinds=tuple(k for k in args.clients.split(",") if k),
+    )
+    result = asyncio.run(run_bench(cfg, workdir=args.workdir))
+    paths = write_results(result, args.out)
+    sys.stdout.write(markdown(result))
+    sys.stdout.write("written: " + ", ".join(str(p) for p in paths) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

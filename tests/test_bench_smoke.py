@@ -1,0 +1,60 @@
+"""The benchmark runs end to end with tiny numbers (in-process proxy) and reports sane values."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench._report import markdown
+from bench.run import BenchConfig, run_bench
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
+
+
+async def test_bench_reports_every_field(tmp_path):
+    cfg = BenchConfig(
+        concurrency=(1, 3),
+        completions=3,
+        rtt=0.005,
+        token_rate=1000.0,
+        proxy_mode="inprocess",
+        max_seconds=40.0,
+    )
+    result = await run_bench(cfg, workdir=tmp_path)
+
+    assert [level["concurrency"] for level in result["levels"]] == [1, 3]
+    for level in result["levels"]:
+        results = level["results"]
+        assert set(results) == {"limit", "sdk", "raw"}
+        for kind, res in results.items():
+            assert res["completions"] == 3
+            assert res["ok"] == 3, res["errors"]
+            assert res["errors"] == {}
+            for key in ("ttft_ms", "ttfb_ms", "total_ms"):
+                assert set(res[key]) == {"p50", "p95", "p99", "mean"}
+            assert 0 < res["ttft_ms"]["p50"] <= res["ttft_ms"]["p95"] <= res["ttft_ms"]["p99"]
+            # The injected round trip is a floor nobody beats.
+            assert res["ttft_ms"]["p50"] >= cfg.rtt * 1000
+            assert res["total_ms"]["p50"] >= res["ttft_ms"]["p50"]
+            assert res["chunks_per_completion"] > 1
+            assert res["chunks_per_s"] > 0
+            assert res["cpu_s_per_1k"]["total"] > 0
+            assert res["peak_rss_mb"]["total"] > 0
+            assert 1 <= res["upstream_calls_per_completion"] <= 2
+            if kind == "limit":
+                assert res["upstream_routes"] == {"completion": 3}
+                continue
+            # The critical path is the stream alone: the spare conversation was pre-created,
+            # and the proxy's own per-request counter says so.
+            assert res["proxy_logged_requests"] == 3
+            assert res["critical_path_calls_max"] == 1
+            assert res["upstream_routes"].get("completion") == 3
+            ratios = res["ratio_to_limit"]
+            for key in ("ttft_p50", "ttft_p95", "ttft_p99", "total_p50", "chunks_per_s"):
+                assert ratios[key] is not None
+                assert ratios[key] > 0
+            assert isinstance(res["ttft_p50_over_limit_ms"], float)
+
+    assert result["conversations_left_behind"] == 0
+    table = markdown(result)
+    assert table.count("\n| 1 | ") == 3
+    assert table.count("\n| 3 | ") == 3

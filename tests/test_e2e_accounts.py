@@ -516,3 +516,68 @@ async def test_token_check_answers_live_or_not_without_tokens(tmp_path, leaks):
         assert "checked then used" in text
         assert len(fake.record.refresh_calls()) == 2
         leaks.check(fake)
+
+
+async def test_configured_account_keeps_its_rotated_token_over_restarts(
+    tmp_path, leaks, monkeypatch
+):
+    """The configured value is rotated away after the first refresh; a restart with the same
+    config must go on with the stored token (Kimi refuses the configured one by then), and a
+    changed configured value (the user logged in again) revives a dead account."""
+    clock = Clock()
+    store_path = tmp_path / "accounts.sqlite3"
+    monkeypatch.setenv("KIMI_TEST_ALICE", CONFIG_TOKEN)
+    config = write_config(
+        tmp_path,
+        "accounts:\n"
+        "  - label: alice\n"
+        "    refresh_token_env: KIMI_TEST_ALICE\n"
+        "keys:\n"
+        f"  - key: {TEAM_KEY}\n"
+        "    label: team\n",
+    )
+    options = {"kimi_dialect": "legacy", "kimi_config": config}
+    async with FakeKimi(dialect_routes="legacy", access_ttl=60, clock=clock) as fake:
+        for run in range(2):
+            async with running_proxy(fake.base_url, tmp_path, store=store_path, **options) as p:
+                resp, text = await ask(p, TEAM_KEY, leaks, f"run {run}")
+                assert resp.status_code == 200, resp.text
+                assert f"run {run}" in text
+            clock.now += 61
+        bearers = refresh_bearers(fake)
+        assert bearers[0] == CONFIG_TOKEN
+        assert len(bearers) == 2
+        assert len(set(bearers)) == 2  # the restart used the stored token, not the configured
+        alice = fake.account_for(CONFIG_TOKEN)
+        assert alice is not None
+        assert alice.refresh_count == 2
+
+        # Kimi ends the session: the account dies, and stays dead over a restart.
+        fake.set_scenario(Scenario.of(Fault(kind="dead_refresh", match="refresh")))
+        async with running_proxy(fake.base_url, tmp_path, store=store_path, **options) as p:
+            resp, _ = await ask(p, TEAM_KEY, leaks)
+            assert resp.status_code == 401
+        calls = len(fake.record.refresh_calls())
+        async with running_proxy(fake.base_url, tmp_path, store=store_path, **options) as p:
+            resp, _ = await ask(p, TEAM_KEY, leaks)
+            assert resp.status_code == 401
+        assert len(fake.record.refresh_calls()) == calls
+
+        # A new login, configured: the same account row comes back to life with it.
+        fake.set_scenario(None)
+        fresh = "rt-configured-alice-relogin-9a7b"
+        monkeypatch.setenv("KIMI_TEST_ALICE", fresh)
+        async with running_proxy(fake.base_url, tmp_path, store=store_path, **options) as p:
+            resp, text = await ask(p, TEAM_KEY, leaks, "logged in again")
+            assert resp.status_code == 200, resp.text
+            assert "logged in again" in text
+            listing = await admin_accounts(p, leaks, "")
+            assert listing.status_code == 401  # no admin key configured: no listing at all
+        assert refresh_bearers(fake)[-1] == fresh
+        store = Store(store_path)
+        try:
+            [view] = store.list_accounts()
+            assert (view.label, view.health) == ("alice", "ok")
+        finally:
+            store.close()
+        leaks.check(fake, extra=[TEAM_KEY])

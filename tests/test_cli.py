@@ -22,6 +22,7 @@ import pytest
 
 from addon._store import Store
 from fixtures.fake_kimi import FakeKimi, Fault, Scenario
+from tests.proxy_harness import running_proxy
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -203,3 +204,32 @@ def test_help_lists_every_flag_the_readme_names(command):
     assert result.returncode == 0, result.stderr
     for flag in flags:
         assert re.search(rf"(?<![\w-]){re.escape(flag)}(?![\w-])", result.stdout), flag
+
+
+async def test_two_processes_share_one_store_without_reusing_a_rotated_token(tmp_path):
+    """A CLI process and an in-process proxy on one store file, taking turns across access-token
+    lifetimes: each refreshes with the token the other one stored last."""
+    clock = Clock()
+    store_path = tmp_path / "accounts.sqlite3"
+    body = {"model": "kimi", "messages": [{"role": "user", "content": "shared"}]}
+    headers = {"authorization": f"Bearer {ORIGINAL}"}
+    async with FakeKimi(dialect_routes="legacy", access_ttl=60, clock=clock) as fake:
+        args = ["run", "--kimi-base-url", fake.base_url, "--dialect", "legacy"]
+        args += ["--store", str(store_path)]
+        async with (
+            cli(args, tmp_path) as (_, cli_url),
+            running_proxy(
+                fake.base_url, tmp_path, store=store_path, kimi_dialect="legacy"
+            ) as inproc,
+            httpx.AsyncClient(timeout=30) as http,
+        ):
+            for url in (cli_url, inproc.url, cli_url, inproc.url):
+                resp = await http.post(url + "/v1/chat/completions", json=body, headers=headers)
+                assert resp.status_code == 200, resp.text
+                clock.now += 61
+        bearers = [c.headers["authorization"][7:] for c in fake.record.refresh_calls()]
+        assert len(bearers) == 4
+        assert len(set(bearers)) == 4
+        assert bearers[0] == ORIGINAL
+        assert all(c.status == 200 for c in fake.record.refresh_calls())
+        assert len(fake.accounts) == 1

@@ -343,7 +343,7 @@ async def test_rate_limited_account_cools_down_then_serves_again(tmp_path, leaks
         resp, _ = await ask(proxy, ORIGINAL, leaks, stream=True)
         assert resp.status_code == 429
         assert resp.json()["error"]["code"] == "accounts_cooling"
-        assert time.monotonic() - before < 0.5
+        assert time.monotonic() - before < 0.8
         assert len(completions(fake)) == asked
         assert before - started < 1.0  # the premise: this was inside the 1 s cooldown
 

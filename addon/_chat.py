@@ -27,6 +27,7 @@ import httpx
 from aiohttp import web
 
 from translator import ChatPlan, KimiCall, LocalProtocolError, RemoteProtocolError
+from translator._kimi_errors import retry_after_seconds
 from translator._messages import flatten_messages
 from translator._request import plan_chat
 from translator._response import ResponseTranslator
@@ -192,7 +193,14 @@ class ChatService:
             if not conversation_id and dialect.creates_conversation_first:
                 conversation_id, token = await self._open(account, dialect, token, plan)
                 created_here = True
-            files = await self._upload(plan, account, dialect, token, conversation_id)
+            try:
+                files = await self._upload(plan, account, dialect, token, conversation_id)
+            except UploadError as exc:
+                if exc.status != 401:
+                    raise
+                # An access token that expired early: refresh once, as for the completion.
+                token = await self._token(account, refused=token)
+                files = await self._upload(plan, account, dialect, token, conversation_id)
             created_at = int(self.wall_clock())
 
             def new_translator() -> ResponseTranslator:
@@ -351,7 +359,11 @@ class ChatService:
         async with self.kimi.stream(call, token=token) as resp:
             if resp.status_code >= 400 or _is_json(resp):
                 body = await resp.aread()
-                raise dialect.http_error(resp.status_code, body)
+                error = dialect.http_error(resp.status_code, body)
+                # Kimi's Retry-After decides how long the account cools (and what we tell the
+                # client); without it the pool uses `account_cooldown`.
+                error.retry_after = retry_after_seconds(resp.headers, now=self.wall_clock())
+                raise error
             await self._pump(resp, translator, reply, stats)
 
     async def _pump(

@@ -140,7 +140,14 @@ class ConversationKeeper:
             spare = self._spare.setdefault(account.id, [])
             while len(spare) < self.precreate:
                 token = await self.pool.access_token(account)
-                conversation_id = await self._create(account, dialect, token, ModelFlags())
+                try:
+                    conversation_id = await self._create(account, dialect, token, ModelFlags())
+                except RemoteProtocolError as exc:
+                    if exc.status != 401:
+                        raise
+                    # The cached access token expired early: drop it so the next use refreshes.
+                    self.pool.invalidate_access(account, token)
+                    raise
                 spare.append((conversation_id, self.clock()))
         except Exception as exc:
             # Spares are an optimisation; the next chat creates its conversation inline.

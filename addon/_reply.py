@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Any, Protocol
 
 from aiohttp import web
@@ -37,7 +38,10 @@ def json_response(obj: Any, status: int = 200) -> web.Response:
 
 
 def error_response(err: TranslatorError) -> web.Response:
-    return json_response(err.to_openai(), err.status)
+    response = json_response(err.to_openai(), err.status)
+    if err.retry_after is not None and err.status in (429, 503):
+        response.headers["retry-after"] = str(max(1, math.ceil(err.retry_after)))
+    return response
 
 
 def content_of(chunks: list[dict[str, Any]]) -> str:

@@ -27,6 +27,9 @@ class TranslatorError(Exception):
 
     default_status = 500
     default_type = "server_error"
+    #: seconds the client should wait before retrying (Kimi's Retry-After, or our cooldown);
+    #: the addon sends it as a Retry-After header
+    retry_after: float | None = None
 
     def __init__(
         self,

@@ -81,9 +81,10 @@ async def _limit_setup(env: Env, http: httpx.AsyncClient, concurrency: int) -> N
         env.conversations += await asyncio.gather(*(create() for _ in range(missing)))
 
 
-async def _settle(fake: FakeKimi, rtt: float, limit: float = 15.0) -> None:
+async def _settle(fake: FakeKimi, rtt: float, concurrency: int, limit: float = 20.0) -> None:
     """Wait until the proxy's background calls (spare conversations) are answered and quiet."""
-    quiet_for = 3 * rtt + 0.1
+    # Under load the proxy answers late: the more streams, the longer the quiet spell required.
+    quiet_for = 3 * rtt + 0.1 + 0.002 * concurrency
     deadline = time.monotonic() + limit
     seen, since = -1, time.monotonic()
     while time.monotonic() < deadline:
@@ -150,7 +151,7 @@ async def _measure(
         warm: list[Sample] = []
         await _drive(concurrency, concurrency, one, warm)
         if kind != "limit":
-            await _settle(env.fake, env.rtt)
+            await _settle(env.fake, env.rtt, concurrency)
         before_proxy = await env.proxy.snap()
         reset_peak_rss()
         before = read_process()

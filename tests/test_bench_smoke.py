@@ -58,3 +58,34 @@ async def test_bench_reports_every_field(tmp_path):
     table = markdown(result)
     assert table.count("\n| 1 | ") == 3
     assert table.count("\n| 3 | ") == 3
+
+
+def test_micro_bodies_translate_to_valid_chunks():
+    from bench.micro import connect_body, legacy_body, run_micro
+    from tests.schema_check import assert_valid
+    from translator._connect_stream import ConnectDecoder
+    from translator._legacy_stream import LegacyDecoder
+    from translator._response import ResponseTranslator
+
+    texts = []
+    for body, decoder in ((legacy_body(40), LegacyDecoder()), (connect_body(40), ConnectDecoder())):
+        translator = ResponseTranslator(
+            decoder, completion_id="cs0bench", model="kimi", created=1764000000, prompt_text="hi"
+        )
+        chunks = [c for data in body for c in translator.feed(data)] + translator.close()
+        for chunk in chunks:
+            assert_valid("openai.chunk", chunk)
+        assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
+        texts.append("".join(c["choices"][0]["delta"].get("content") or "" for c in chunks))
+    # Both dialects carry the same 40 deltas.
+    assert texts[0] == texts[1]
+    assert len(texts[0]) >= 40
+
+    result = run_micro(events=40, repeat=1, min_seconds=0.001)
+    rows = result["results"]
+    assert len(rows) == 9
+    for name, row in rows.items():
+        assert row["events_per_s"] > 0
+        assert row["input_mb_per_s"] > 0
+        assert row["cost_vs_json_loads"] > 0
+        assert (row["output_mb_per_s"] is not None) == ("stream (" in name)

@@ -373,16 +373,31 @@ class ChatService:
         reply: Reply,
         stats: ChatStats,
     ) -> None:
-        queue: asyncio.Queue[bytes | BaseException | None] = asyncio.Queue(maxsize=64)
+        """Move Kimi's body through the translator to the client as it arrives.
+
+        A reader task collects upstream bytes into one buffer; this loop takes everything that
+        has arrived since its last turn, so under load the client gets fewer, larger writes
+        instead of one per upstream read. While nothing arrives it sends keep-alive comments,
+        and after `stall_timeout` of silence it gives up with a 504.
+        """
+        buffer = bytearray()
+        arrived = asyncio.Event()
+        drained = asyncio.Event()
+        outcome: list[BaseException | None] = []  # set once: None = clean end, else the error
 
         async def read() -> None:
             try:
                 # aiter_bytes undoes a content-encoding Kimi applied despite our `identity`.
                 async for data in resp.aiter_bytes():
-                    await queue.put(data)
-                await queue.put(None)
+                    buffer.extend(data)
+                    arrived.set()
+                    if len(buffer) > _BUFFER_LIMIT:  # a slow client: stop reading for now
+                        drained.clear()
+                        await drained.wait()
+                outcome.append(None)
             except Exception as exc:
-                await queue.put(exc)
+                outcome.append(exc)
+            arrived.set()
 
         reader = asyncio.get_running_loop().create_task(read())
         interval = self.settings.keepalive_interval
@@ -390,7 +405,7 @@ class ChatService:
         try:
             while True:
                 try:
-                    item = await asyncio.wait_for(queue.get(), interval)
+                    await asyncio.wait_for(arrived.wait(), interval)
                 except TimeoutError:
                     silent_for += interval
                     if silent_for >= self.settings.stall_timeout:
@@ -402,29 +417,19 @@ class ChatService:
                     if reply.started:
                         await reply.keepalive()
                     continue
+                arrived.clear()
                 silent_for = 0.0
-                if item is None:
+                if buffer:
+                    data = bytes(buffer)
+                    buffer.clear()
+                    drained.set()
+                    chunks = translator.feed(data)
+                    if chunks and stats.first_byte_at is None:
+                        stats.first_byte_at = self.monotonic()
+                    await reply.send(chunks)
+                if outcome:
+                    _raise_transport(outcome[0], self.settings.stall_timeout)
                     return
-                if isinstance(item, httpx.TimeoutException):
-                    # httpx's read timeout is the stall timeout too (_runtime.py): the same
-                    # verdict as the silence count above, whichever clock fires first.
-                    raise RemoteProtocolError(
-                        f"Kimi sent nothing for {self.settings.stall_timeout:.0f} s; giving up",
-                        status=504,
-                        code="upstream_stalled",
-                    ) from item
-                if isinstance(item, httpx.HTTPError):
-                    raise RemoteProtocolError(
-                        f"the connection to Kimi broke mid-answer: {type(item).__name__}",
-                        status=502,
-                        code="upstream_disconnected",
-                    ) from item
-                if isinstance(item, BaseException):
-                    raise item
-                chunks = translator.feed(item)
-                if chunks and stats.first_byte_at is None:
-                    stats.first_byte_at = self.monotonic()
-                await reply.send(chunks)
         finally:
             reader.cancel()
 
@@ -433,3 +438,28 @@ def _is_json(resp: httpx.Response) -> bool:
     # The legacy API answers some refusals with HTTP 200 and a JSON error body.
     content_type: str = resp.headers.get("content-type", "")
     return content_type.startswith("application/json")
+
+
+#: upstream bytes buffered for a client that reads slower than Kimi writes
+_BUFFER_LIMIT = 1 << 20
+
+
+def _raise_transport(error: BaseException | None, stall_timeout: float) -> None:
+    """Turn how the upstream body ended into our error tree (None: it ended cleanly)."""
+    if error is None:
+        return
+    if isinstance(error, httpx.TimeoutException):
+        # httpx's read timeout is the stall timeout too (_runtime.py): the same verdict as the
+        # silence count, whichever clock fires first.
+        raise RemoteProtocolError(
+            f"Kimi sent nothing for {stall_timeout:.0f} s; giving up",
+            status=504,
+            code="upstream_stalled",
+        ) from error
+    if isinstance(error, httpx.HTTPError):
+        raise RemoteProtocolError(
+            f"the connection to Kimi broke mid-answer: {type(error).__name__}",
+            status=502,
+            code="upstream_disconnected",
+        ) from error
+    raise error

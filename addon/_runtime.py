@@ -11,6 +11,7 @@ import asyncio
 import logging
 import os
 import secrets
+import ssl
 import time
 from dataclasses import dataclass, field
 
@@ -52,7 +53,7 @@ class RuntimeSettings:
     stall_timeout: float = 120.0
     refresh_path: str = "/api/auth/token/refresh"
     #: TLS verification for Kimi: True, False, or a CA bundle path (tests, the demo's fake)
-    verify: bool | str = True
+    verify: bool | str | ssl.SSLContext = True
     config: Config = field(default_factory=Config)
 
 
@@ -77,7 +78,7 @@ class Runtime:
         self.client = httpx.AsyncClient(
             timeout=timeout,
             limits=limits,
-            verify=s.verify,
+            verify=_tls_context(s.verify),
             follow_redirects=False,
             trust_env=False,
             http2=True,
@@ -163,3 +164,10 @@ class Runtime:
             await self.fetch_client.aclose()
         if self.store is not None:
             self.store.close()
+
+
+def _tls_context(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:
+    """httpx deprecates CA bundle paths for `verify`: turn one into an SSL context."""
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    return verify

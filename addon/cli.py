@@ -52,6 +52,11 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
         "https://www.kimi.com for the current Connect protocol)",
     )
     p.add_argument(
+        "--kimi-ca-file",
+        default=_env("KIMI_CA_FILE", ""),
+        help="CA bundle to trust for Kimi's certificate (KIMI_CA_FILE; default: the system store)",
+    )
+    p.add_argument(
         "--dialect",
         choices=("auto", "legacy", "connect"),
         default=_env("DIALECT", "auto"),
@@ -148,6 +153,7 @@ async def serve(args: argparse.Namespace, *, demo: bool = False) -> None:
         kimi_store=store,
         conversation_ttl=args.conversation_ttl,
         allow_private_urls=args.allow_private_urls,
+        kimi_ca_file=args.kimi_ca_file,
         connection_strategy="lazy",
     )
     if args.config:

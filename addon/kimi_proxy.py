@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import ssl
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -55,7 +56,7 @@ def parse_base_url(value: str) -> str:
 
 
 class KimiProxy:
-    def __init__(self, *, verify: bool | str = True) -> None:
+    def __init__(self, *, verify: bool | str | ssl.SSLContext = True) -> None:
         self.verify = verify
         self.runtime: Runtime | None = None
         self.relay_address: tuple[str, int] | None = None
@@ -141,6 +142,12 @@ class KimiProxy:
             "Seconds without a byte from Kimi after which a reply ends with a 504-style error.",
         )
         loader.add_option(
+            "kimi_ca_file",
+            str,
+            "",
+            "CA bundle to trust for Kimi's TLS certificate (default: the system store).",
+        )
+        loader.add_option(
             "refresh_path", str, "/api/auth/token/refresh", "Path of Kimi's token refresh call."
         )
         # Offline interception must not connect to api.openai.com before our hook ran.
@@ -218,7 +225,7 @@ class KimiProxy:
             keepalive_interval=float(opts.keepalive_interval),
             stall_timeout=float(opts.stall_timeout),
             refresh_path=opts.refresh_path,
-            verify=self.verify,
+            verify=ctx.options.kimi_ca_file or self.verify,
             config=self.config,
         )
 

@@ -19,3 +19,13 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "fast"))
+
+
+def pytest_collection_modifyitems(config, items):
+    # Deep Hypothesis runs take minutes per property; the 120 s guard against hangs is for the
+    # default run only.
+    if os.environ.get("HYPOTHESIS_PROFILE") == "deep":
+        import pytest
+
+        for item in items:
+            item.add_marker(pytest.mark.timeout(0))

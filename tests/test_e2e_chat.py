@@ -241,11 +241,13 @@ async def test_search_model_cites_and_annotates(fake, proxy):
 async def test_tokens_never_logged(fake, tmp_path, caplog):
     caplog.set_level("DEBUG")
     token = "refresh-secret-value-123456"
-    async with running_proxy(fake.base_url, tmp_path, kimi_dialect="legacy") as proxy:
-        async with client(proxy, token) as sdk:
-            await sdk.chat.completions.create(
-                model="kimi", messages=[{"role": "user", "content": "hi"}]
-            )
+    async with (
+        running_proxy(fake.base_url, tmp_path, kimi_dialect="legacy") as proxy,
+        client(proxy, token) as sdk,
+    ):
+        await sdk.chat.completions.create(
+            model="kimi", messages=[{"role": "user", "content": "hi"}]
+        )
     assert caplog.records, "the proxy should log one line per request"
     assert token not in caplog.text
     for account in fake.accounts.values() if hasattr(fake, "accounts") else ():

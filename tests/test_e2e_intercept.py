@@ -66,7 +66,8 @@ async def test_other_hosts_are_not_answered_and_intercepted_hosts_never_dialled(
         )
         server = connection.Server(address=("api.openai.com", 443))
         addon.server_connect(server_hooks.ServerConnectionHookData(server=server, client=client))
-        assert server.error and "refuses" in server.error
+        assert server.error
+        assert "refuses" in server.error
         # In reverse mode only the relay may be dialled.
         reverse_client = connection.Client(
             peername=("127.0.0.1", 1),

@@ -341,9 +341,10 @@ class AccountPool:
 
     # -- leasing ----------------------------------------------------------------------------
 
-    def acquire(self, accounts: Sequence[Account]) -> Lease:
-        """`async with pool.acquire(accounts) as lease:` — see `Lease`."""
-        return Lease(self, [a.id for a in accounts])
+    def acquire(self, accounts: Sequence[Account], *, prefer: str | None = None) -> Lease:
+        """`async with pool.acquire(accounts) as lease:` — see `Lease`. `prefer`: the id of an
+        account to take whenever it is usable (it holds the conversation being continued)."""
+        return Lease(self, [a.id for a in accounts], prefer=prefer)
 
     def describe(self) -> list[dict[str, Any]]:
         """Every account without tokens, as JSON objects (for `/v1/accounts`), with the
@@ -356,10 +357,11 @@ class AccountPool:
     def in_flight(self, account_id: str) -> int:
         return self._in_flight.get(account_id, 0)
 
-    def choose(self, ids: Sequence[str], exclude: set[str]) -> Account:
+    def choose(self, ids: Sequence[str], exclude: set[str], prefer: str | None = None) -> Account:
         """Take a slot on the best usable account now, or raise why none is usable.
 
-        Best: fewest requests in flight here, then fewest requests served, then client order.
+        Best: the preferred account if usable, then fewest requests in flight here, then fewest
+        requests served, then client order.
         """
         now = self._clock()
         current = self.store.get_accounts(ids)
@@ -388,7 +390,10 @@ class AccountPool:
         if not free:
             raise NoAccountAvailable("all accounts are busy", code="accounts_busy", retry_after=1.0)
         order = {account_id: i for i, account_id in enumerate(ids)}
-        best = min(free, key=lambda a: (self.in_flight(a.id), a.view.requests, order[a.id]))
+        best = min(
+            free,
+            key=lambda a: (a.id != prefer, self.in_flight(a.id), a.view.requests, order[a.id]),
+        )
         self._in_flight[best.id] = self.in_flight(best.id) + 1
         self.store.count_request(best.id, now=now)
         return best
@@ -400,13 +405,15 @@ class AccountPool:
         except NoAccountAvailable as exc:
             return exc
 
-    async def take(self, ids: Sequence[str], exclude: set[str]) -> Account:
+    async def take(
+        self, ids: Sequence[str], exclude: set[str], prefer: str | None = None
+    ) -> Account:
         """`choose`, waiting up to `busy_wait` seconds while every usable account is busy."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.busy_wait
         while True:
             try:
-                return self.choose(ids, exclude)
+                return self.choose(ids, exclude, prefer)
             except NoAccountAvailable as exc:
                 remaining = deadline - loop.time()
                 if exc.code != "accounts_busy" or remaining <= 0:

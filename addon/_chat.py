@@ -126,8 +126,11 @@ class ChatService:
     async def _with_failover(
         self, plan: ChatPlan, accounts: Sequence[Account], reply: Reply, stats: ChatStats
     ) -> web.StreamResponse:
+        prefer = None
+        if len(accounts) > 1 and (self.settings.auto_continue or plan.conversation_id):
+            prefer = self.keeper.owner(accounts, plan)
         try:
-            lease = await self.pool.acquire(accounts)
+            lease = await self.pool.acquire(accounts, prefer=prefer)
         except NoAccountAvailable as err:
             stats.status = err.status
             return await reply.fail(err)

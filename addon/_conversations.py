@@ -136,6 +136,10 @@ class ConversationKeeper:
         self._spawn(self._refill(account, dialect))
 
     async def _refill(self, account: Account, dialect: Dialect) -> None:
+        # mitmproxy runs tasks eagerly (Python 3.12's eager task factory): without this yield
+        # the spare's create call would be built and sent before the completion that took
+        # the previous spare, on the critical path of the first token.
+        await asyncio.sleep(0)
         try:
             spare = self._spare.setdefault(account.id, [])
             while len(spare) < self.precreate:
@@ -190,6 +194,23 @@ class ConversationKeeper:
                     return None  # already deleted: start afresh
                 self._hold(account.id, found.conversation_id, found.dialect)
                 return found.conversation_id, found.parent_message_id, end
+        return None
+
+    def owner(self, accounts: Sequence[Account], plan: ChatPlan) -> str | None:
+        """The id of the client's account holding the conversation this request continues
+        (by `conversation_id` or by history), so the pool can prefer it: another account
+        cannot continue it."""
+        ids = {a.id for a in accounts}
+        if plan.conversation_id:
+            latest = self.store.latest_exchange_for(plan.conversation_id)
+            return latest.account_id if latest and latest.account_id in ids else None
+        messages = plan.messages
+        for end in range(len(messages) - 1, 0, -1):
+            if messages[end - 1].role != "assistant":
+                continue
+            found = self.store.find_exchange(exchange_key(messages[:end]))
+            if found is not None and found.account_id in ids:
+                return found.account_id
         return None
 
     def resume_by_id(self, account: Account, plan: ChatPlan) -> Resumption:

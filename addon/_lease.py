@@ -36,9 +36,10 @@ class Lease:
     hangs up says nothing about the account). The slot is always given back.
     """
 
-    def __init__(self, pool: AccountPool, ids: list[str]) -> None:
+    def __init__(self, pool: AccountPool, ids: list[str], *, prefer: str | None = None) -> None:
         self._pool = pool
         self._ids = ids
+        self._prefer = prefer
         self._tried: set[str] = set()
         self.account: Account | None = None
         #: why `fail_over` found no next account
@@ -46,7 +47,7 @@ class Lease:
 
     async def _take(self) -> Lease:
         if self.account is None and not self._tried:
-            self.account = await self._pool.take(self._ids, self._tried)
+            self.account = await self._pool.take(self._ids, self._tried, self._prefer)
             self._tried.add(self.account.id)
         return self
 

@@ -252,3 +252,18 @@ async def test_tokens_never_logged(fake, tmp_path, caplog):
     assert token not in caplog.text
     for account in fake.accounts.values() if hasattr(fake, "accounts") else ():
         assert account.current_refresh_token not in caplog.text
+
+
+async def test_multi_account_history_stays_on_the_account_holding_the_conversation(fake, proxy):
+    # Least-busy choice alone would move turn two to the other (less used) account, which
+    # cannot continue the first account's conversation.
+    async with client(proxy, "refresh-one,refresh-two") as sdk:
+        messages: list[dict] = [{"role": "user", "content": "first turn"}]
+        first = await sdk.chat.completions.create(model="kimi", messages=messages)
+        messages += [
+            {"role": "assistant", "content": first.choices[0].message.content},
+            {"role": "user", "content": "second turn"},
+        ]
+        second = await sdk.chat.completions.create(model="kimi", messages=messages)
+    assert second.id == first.id
+    assert completion_bodies(fake)[-1]["messages"][0]["content"] == "second turn"

@@ -30,7 +30,7 @@ from translator._plan import InlineFile, UrlFile
 from ._accounts import Account, AccountPool
 from ._dialects import CONNECT, LEGACY, Dialect
 from ._kimi import KimiClient
-from ._store import Store
+from ._store import PendingDeletion, Store
 
 __all__ = ["ConversationKeeper", "Resumption", "exchange_key"]
 
@@ -259,11 +259,29 @@ class ConversationKeeper:
         )
 
     async def delete_due(self, *, everything: bool = False) -> None:
+        """Delete every conversation whose time has come (all of them with `everything`), up
+        to 16 at a time. A failed deletion is rescheduled with backoff and not retried within
+        the same pass."""
         now = float("inf") if everything else self.clock()
-        for pending in self.store.due_deletions(now):
-            await self._delete(
-                pending.account_id, pending.conversation_id, pending.dialect, pending.attempts
-            )
+        tried: set[str] = set()
+        slots = asyncio.Semaphore(16)
+
+        async def delete(pending: PendingDeletion) -> None:
+            async with slots:
+                await self._delete(
+                    pending.account_id, pending.conversation_id, pending.dialect, pending.attempts
+                )
+
+        while True:
+            batch = [
+                p
+                for p in self.store.due_deletions(now, limit=200)
+                if p.conversation_id not in tried
+            ]
+            if not batch:
+                return
+            tried.update(p.conversation_id for p in batch)
+            await asyncio.gather(*(delete(p) for p in batch))
 
     async def _delete(
         self, account_id: str, conversation_id: str, dialect_name: str | None, attempts: int

@@ -2,7 +2,13 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import HealthCheck, settings
+
+from fixtures.fake_kimi import FakeKimi
+
+#: the two upstream dialects every end-to-end suite runs against
+DIALECTS = ("legacy", "connect")
 
 # `fast` keeps the default run inside CI's budget on 2 cores; `deep` is for hunting:
 #   HYPOTHESIS_PROFILE=deep scripts/dev test
@@ -25,7 +31,17 @@ def pytest_collection_modifyitems(config, items):
     # Deep Hypothesis runs take minutes per property; the 120 s guard against hangs is for the
     # default run only.
     if os.environ.get("HYPOTHESIS_PROFILE") == "deep":
-        import pytest
-
         for item in items:
             item.add_marker(pytest.mark.timeout(0))
+
+
+@pytest.fixture
+async def fake():
+    """A fake Kimi (both dialects) on an ephemeral loopback port, stopped after the test."""
+    async with FakeKimi() as kimi:
+        yield kimi
+
+
+@pytest.fixture(params=DIALECTS)
+def dialect(request) -> str:
+    return request.param

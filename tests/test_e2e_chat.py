@@ -61,12 +61,6 @@ async def sse_events(proxy, body: dict, token: str = "refresh-alice") -> list[st
 
 
 @pytest.fixture
-async def fake():
-    async with FakeKimi() as kimi:
-        yield kimi
-
-
-@pytest.fixture
 async def proxy(fake, tmp_path):
     async with running_proxy(fake.base_url, tmp_path, kimi_dialect="legacy") as p:
         yield p

@@ -120,17 +120,6 @@ def user(text: str) -> dict[str, str]:
 
 
 @pytest.fixture
-async def fake():
-    async with FakeKimi() as kimi:
-        yield kimi
-
-
-@pytest.fixture(params=DIALECTS)
-def dialect(request) -> str:
-    return request.param
-
-
-@pytest.fixture
 async def proxy(fake, dialect, tmp_path):
     async with running_proxy(fake.base_url, tmp_path, kimi_dialect=dialect) as p:
         yield p

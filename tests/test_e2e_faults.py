@@ -20,7 +20,6 @@ from fixtures.fake_kimi import FakeKimi, Fault, Scenario
 from tests.proxy_harness import running_proxy
 from tests.schema_check import assert_valid
 from tests.test_e2e_dialects import (
-    DIALECTS,
     TOKEN,
     data_payloads,
     delta_text,
@@ -42,17 +41,6 @@ LONG = "a rather long question " * 8  # a long echo, so a cut lands inside the a
 
 def stream_route(dialect: str) -> str:
     return "completion" if dialect == "legacy" else "chat"
-
-
-@pytest.fixture
-async def fake():
-    async with FakeKimi() as kimi:
-        yield kimi
-
-
-@pytest.fixture(params=DIALECTS)
-def dialect(request) -> str:
-    return request.param
 
 
 @pytest.fixture

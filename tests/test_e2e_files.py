@@ -20,7 +20,6 @@ from fixtures.fake_kimi import FakeKimi, Fault, Scenario
 from tests.proxy_harness import running_proxy
 from tests.schema_check import assert_valid
 from tests.test_e2e_dialects import (
-    DIALECTS,
     TOKEN,
     data_payloads,
     delta_text,
@@ -89,17 +88,6 @@ def refs_of(fake: FakeKimi, dialect: str) -> list[list[str]]:
             blocks = call.json["message"].get("blocks") or []
             out.append([b["file"]["id"] for b in blocks if "file" in b])
     return out
-
-
-@pytest.fixture
-async def fake():
-    async with FakeKimi() as kimi:
-        yield kimi
-
-
-@pytest.fixture(params=DIALECTS)
-def dialect(request) -> str:
-    return request.param
 
 
 @pytest.fixture

@@ -19,14 +19,20 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 import httpx
 from aiohttp import web
 
-from translator import ChatPlan, KimiCall, LocalProtocolError, RemoteProtocolError
+from translator import (
+    ChatPlan,
+    KimiCall,
+    LocalProtocolError,
+    RemoteProtocolError,
+    TranslatorError,
+)
 from translator._kimi_errors import retry_after_seconds
 from translator._messages import flatten_messages
 from translator._request import plan_chat
@@ -50,6 +56,8 @@ from ._upload import UploadedFile, Uploader, UploadError
 __all__ = ["ChatService", "ChatSettings", "ChatStats"]
 
 log = logging.getLogger("kimi_free_api")
+
+T = TypeVar("T")
 
 #: statuses where another account may do better (auth, quota, rate limits, overload)
 FAILOVER_STATUSES = frozenset({401, 402, 403, 429, 503})
@@ -78,7 +86,6 @@ class ChatStats:
     upstream_calls: int = 0
     first_byte_at: float | None = None
     failovers: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 class _BeforeStart(Exception):
@@ -194,16 +201,18 @@ class ChatService:
         finished = False
         try:
             if not conversation_id and dialect.creates_conversation_first:
-                conversation_id, token = await self._open(account, dialect, token, plan)
+                conversation_id, token = await self._refreshing(
+                    account,
+                    token,
+                    lambda t: self.keeper.open_conversation(account, dialect, t, plan.flags),
+                )
                 created_here = True
-            try:
-                files = await self._upload(plan, account, dialect, token, conversation_id)
-            except UploadError as exc:
-                if exc.status != 401:
-                    raise
-                # An access token that expired early: refresh once, as for the completion.
-                token = await self._token(account, refused=token)
-                files = await self._upload(plan, account, dialect, token, conversation_id)
+            opened = conversation_id
+            files, token = await self._refreshing(
+                account,
+                token,
+                lambda t: self._upload(plan, account, dialect, t, opened),
+            )
             created_at = int(self.wall_clock())
 
             def new_translator() -> ResponseTranslator:
@@ -218,31 +227,36 @@ class ChatService:
                     max_continuations=self.settings.max_continuations,
                 )
 
-            translator = new_translator()
             call = dialect.completion_call(
                 plan, conversation_id=conversation_id, parent_id=parent_id, files=files
             )
-            try:
-                await self._stream(call, token, dialect, translator, reply, stats)
-            except RemoteProtocolError as err:
-                # An expired access token (HTTP 401, or Connect's in-stream `unauthenticated`)
-                # before any byte went out: refresh once and post again with a fresh translator
-                # (the failed one is in its error state).
-                if err.status != 401 or translator.started or reply.started:
-                    raise
-                token = await self._token(account, refused=token)
-                translator = new_translator()
-                await self._stream(call, token, dialect, translator, reply, stats)
-            while (segment := translator.continuation_segment) is not None:
+
+            async def first_stream(access: str) -> ResponseTranslator:
+                # A fresh translator per try: a failed one stays in its error state. It is
+                # also kept outside, where the error and hang-up paths below read it.
+                nonlocal translator
+                translator = fresh = new_translator()
+                await self._stream(call, access, dialect, fresh, reply, stats)
+                return fresh
+
+            live, token = await self._refreshing(
+                account,
+                token,
+                first_stream,
+                retry_allowed=lambda: (
+                    not reply.started and (translator is None or not translator.started)
+                ),
+            )
+            while (segment := live.continuation_segment) is not None:
                 follow = dialect.continuation_call(conversation_id, segment, plan.flags)
                 if follow is None:
                     break
-                translator.begin_continuation(dialect.decoder())
-                await self._stream(follow, token, dialect, translator, reply, stats)
-            if not conversation_id and translator.conversation_id:
-                conversation_id = translator.conversation_id
+                live.begin_continuation(dialect.decoder())
+                await self._stream(follow, token, dialect, live, reply, stats)
+            if not conversation_id and live.conversation_id:
+                conversation_id = live.conversation_id
                 created_here = True
-            final = translator.close()
+            final = live.close()
             response = await reply.finish(final)
             answer = reply.content
             # A moderation stop ends the conversation's use: it is deleted at once.
@@ -262,7 +276,7 @@ class ChatService:
                     messages=resumption.full_messages if resumption else plan.messages,
                     answer=answer,
                     conversation_id=conversation_id,
-                    parent_id=translator.last_message_id or "",
+                    parent_id=live.last_message_id or "",
                 )
             return response
         except (FetchError, UploadError) as exc:
@@ -292,19 +306,24 @@ class ChatService:
                     account, dialect, conversation_id, keep=finished, created_here=created_here
                 )
 
-    async def _open(
-        self, account: Account, dialect: Dialect, token: str, plan: ChatPlan
-    ) -> tuple[str, str]:
-        """Create the conversation; returns it with the token in use. A 401 means the cached
-        access token died before we expected (legacy tokens carry no expiry, and Kimi may end a
-        session early): refresh once and retry, as `_stream` does, before blaming the account."""
+    async def _refreshing(
+        self,
+        account: Account,
+        token: str,
+        action: Callable[[str], Awaitable[T]],
+        *,
+        retry_allowed: Callable[[], bool] = lambda: True,
+    ) -> tuple[T, str]:
+        """Run `action(token)`; on a 401 (the cached access token died before we expected:
+        legacy tokens carry no expiry, and Kimi may end a session early) refresh once and run it
+        again, before the account is blamed. Returns the result and the token in use."""
         try:
-            return await self.keeper.open_conversation(account, dialect, token, plan.flags), token
-        except RemoteProtocolError as err:
-            if err.status != 401:
+            return await action(token), token
+        except TranslatorError as err:
+            if err.status != 401 or not retry_allowed():
                 raise
         token = await self._token(account, refused=token)
-        return await self.keeper.open_conversation(account, dialect, token, plan.flags), token
+        return await action(token), token
 
     def _resumption(self, plan: ChatPlan, account: Account) -> Resumption | None:
         if plan.conversation_id:

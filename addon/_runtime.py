@@ -47,6 +47,7 @@ class RuntimeSettings:
     precreate: int = 1
     allow_private_urls: bool = False
     max_file_bytes: int = 100 * 1024 * 1024
+    file_parse_timeout: float = 30.0
     max_account_concurrency: int = 5
     account_cooldown: float = 60.0
     keepalive_interval: float = 15.0
@@ -120,7 +121,12 @@ class Runtime:
         async def no_default_execute(call: KimiCall) -> httpx.Response:
             raise AssertionError("uploads always pass the account's own executor")
 
-        uploader = Uploader(client=self.client, execute=no_default_execute, fetcher=fetcher)
+        uploader = Uploader(
+            client=self.client,
+            execute=no_default_execute,
+            fetcher=fetcher,
+            parse_timeout=s.file_parse_timeout,
+        )
         chat = ChatService(
             kimi=kimi,
             pool=pool,

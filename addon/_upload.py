@@ -13,7 +13,8 @@ For each `FileSource` (an inline `data:` file or a URL the `Fetcher` downloads):
    `POST /api/file/parse_process {"ids": [id]}`. Its answer is a stream of status lines whose exact
    shape is unknown, so it is read whole and scanned tolerantly: every JSON object in it (bare,
    or after `data:`) is searched for `status` strings; "parsed" ends the wait, a failure status is
-   a 502, neither means "ask again after poll_interval". Steps 4 and 5 share one `parse_timeout`
+   a 502, neither (or an answer that broke off) means "ask again after poll_interval". Steps 4
+   and 5 share one `parse_timeout`
    budget each; running out is a 504.
 
 Uploads of one request run concurrently (at most `concurrency` at a time) and come back in request
@@ -344,7 +345,16 @@ class Uploader:
         try:
             async with asyncio.timeout(self.parse_timeout):
                 while True:
-                    body = await self._send(execute, parse_process_call([file_id]), blob, "parse")
+                    try:
+                        body = await self._send(
+                            execute, parse_process_call([file_id]), blob, "parse"
+                        )
+                    except UploadError as exc:
+                        # The status stream broke off (Kimi closes it while parsing goes on):
+                        # ask again, until the parse timeout, as for a "still parsing" answer.
+                        if exc.code != "upstream_unreachable":
+                            raise
+                        body = b""
                     statuses = _statuses(body)
                     if statuses & _FAILED:
                         raise _kimi_failed(blob, "Kimi could not parse the file")

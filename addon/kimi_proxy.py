@@ -115,6 +115,12 @@ class KimiProxy:
             "max_file_bytes", int, 100 * 1024 * 1024, "Largest file or image a client may send."
         )
         loader.add_option(
+            "file_parse_timeout",
+            int,
+            30,
+            "Seconds to wait for Kimi to parse an uploaded document before answering 504.",
+        )
+        loader.add_option(
             "intercept_hosts",
             Sequence[str],
             ["api.openai.com"],
@@ -220,6 +226,7 @@ class KimiProxy:
             precreate=opts.precreate_conversations,
             allow_private_urls=opts.allow_private_urls,
             max_file_bytes=opts.max_file_bytes,
+            file_parse_timeout=float(opts.file_parse_timeout),
             max_account_concurrency=opts.max_account_concurrency,
             account_cooldown=float(opts.account_cooldown),
             keepalive_interval=float(opts.keepalive_interval),

@@ -241,8 +241,8 @@ async def test_private_url_is_refused_when_not_allowed(fake, dialect, tmp_path, 
     "fault",
     [
         Fault(kind="parse_failed", match="parse"),
-        # Stays at "parsing", then the parse stream is cut: the upload fails at once (it is not
-        # polled again until the parse timeout).
+        # Stays at "parsing", then the parse stream is cut, every time: the proxy asks again
+        # until `file_parse_timeout`, then answers 504.
         Fault(kind="parse_stuck", match="parse", seconds=0.3),
     ],
     ids=["parse_failed", "parse_stuck"],
@@ -251,7 +251,11 @@ async def test_legacy_parse_failure_is_an_error_naming_the_part(fake, tmp_path, 
     fake.set_scenario(Scenario.of(fault))
     async with (
         running_proxy(
-            fake.base_url, tmp_path, kimi_dialect="legacy", precreate_conversations=0
+            fake.base_url,
+            tmp_path,
+            kimi_dialect="legacy",
+            precreate_conversations=0,
+            file_parse_timeout=1,
         ) as proxy,
         httpx.AsyncClient(timeout=30) as http,
     ):
@@ -264,10 +268,12 @@ async def test_legacy_parse_failure_is_an_error_naming_the_part(fake, tmp_path, 
             },
             headers={"authorization": f"Bearer {TOKEN}"},
         )
-        assert resp.status_code == 502
+        assert resp.status_code == (504 if fault.kind == "parse_stuck" else 502)
         body = resp.json()
         assert_valid("openai.error", body)
         assert body["error"]["param"] == "messages[0].content[1].file.file_data"
+        if fault.kind == "parse_stuck":
+            assert len(fake.record.calls("parse")) > 1  # asked again after the cut
         assert fake.record.calls("completion") == []
         # The conversation created for the upload is not left behind.
         await wait_for(lambda: fake.record.live_conversations() == [])

@@ -187,6 +187,7 @@ class KimiProxy:
             "max_account_concurrency",
             "keepalive_interval",
             "stall_timeout",
+            "file_parse_timeout",
         ):
             if name in updated and getattr(opts, name) < 1:
                 raise exceptions.OptionsError(f"{name} must be >= 1")

@@ -42,7 +42,7 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--port",
         type=int,
-        default=int(_env("PORT", "8000")),
+        default=_env("PORT", "8000"),
         help="port to listen on (PORT; default 8000)",
     )
     p.add_argument(
@@ -75,7 +75,7 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--conversation-ttl",
         type=int,
-        default=int(_env("CONVERSATION_TTL", "600")),
+        default=_env("CONVERSATION_TTL", "600"),
         help="seconds a conversation the proxy created is kept after its last reply; "
         "0 = delete when the reply ends (CONVERSATION_TTL; default 600)",
     )
@@ -88,7 +88,7 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--intercept-port",
         type=int,
-        default=int(_env("INTERCEPT_PORT", "0")),
+        default=_env("INTERCEPT_PORT", "0"),
         help="also listen as a regular HTTP proxy on this port and answer "
         "api.openai.com through Kimi (INTERCEPT_PORT; default off)",
     )

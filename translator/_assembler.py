@@ -40,6 +40,7 @@ conversation id reported in the stream before the first chunk, else `fallback_id
 from __future__ import annotations
 
 import enum
+from collections.abc import Callable
 from typing import Any, Final
 
 from ._errors import RemoteProtocolError
@@ -95,6 +96,10 @@ _TRANSITIONS: Final[dict[tuple[State, type[UpstreamEvent]], State]] = {
     **{(state, UpstreamFailure): _S.ERROR for state in (_S.IDLE, _S.ANSWERING, _S.CONTINUE)},
     (_S.ENDED, UpstreamFailure): _S.ERROR,
 }
+#: the same table by state, then event class: one lookup per event, no key tuple to build
+_NEXT: Final[dict[State, dict[type[UpstreamEvent], State]]] = {state: {} for state in State}
+for (_state, _cls), _target in _TRANSITIONS.items():
+    _NEXT[_state][_cls] = _target
 
 
 class Assembler:
@@ -131,7 +136,9 @@ class Assembler:
         self._max_continuations = max_continuations
         self._fingerprint = system_fingerprint
         self._finish: str | None = None
-        self._out: list[dict[str, Any]] = []
+        # Plain text deltas wait here as (field, text) and become dicts only in `drain()`:
+        # consecutive ones merge without touching a dict, and `drain_parts` skips the dict.
+        self._out: list[dict[str, Any] | tuple[str, str]] = []
         self._content: list[str] = []
         self._content_len = 0  # in code points: annotation indices count code points
         self._reasoning: list[str] = []
@@ -155,8 +162,21 @@ class Assembler:
         self.event_counts[key] = self.event_counts.get(key, 0) + 1
 
     def drain(self) -> list[dict[str, Any]]:
+        """The chunks made since the last drain, as dicts the caller owns."""
+        out, self._out = self._out, []
+        chunk = self._chunk
+        return [chunk({p[0]: p[1]}, None) if isinstance(p, tuple) else p for p in out]
+
+    def drain_parts(self) -> list[dict[str, Any] | tuple[str, str]]:
+        """`drain()`, but a chunk whose delta is one text field and nothing else comes as
+        (field, text): `chunk_for(field, text)` is its dict. For an encoder that writes those
+        chunks from a template (`ResponseTranslator.feed_sse`)."""
         out, self._out = self._out, []
         return out
+
+    def chunk_for(self, key: str, text: str) -> dict[str, Any]:
+        """The chunk dict of a (field, text) part; the same as `drain()` would give."""
+        return self._chunk({key: text}, None)
 
     def fail(self, err: RemoteProtocolError) -> RemoteProtocolError:
         self.state = State.ERROR
@@ -169,14 +189,14 @@ class Assembler:
         Raises:
             RemoteProtocolError: an UpstreamFailure, or an event the state does not allow.
         """
-        match ev:
-            case Noise(kind=kind):
-                self.count(f"Noise:{kind}")
-            case Unknown(kind=kind):
-                self.count(f"Unknown:{kind}")
-            case _:
-                self.count(type(ev).__name__)
-        target = _TRANSITIONS.get((self.state, type(ev)))
+        if isinstance(ev, Noise):
+            self.count(f"Noise:{ev.kind}")
+        elif isinstance(ev, Unknown):
+            self.count(f"Unknown:{ev.kind}")
+        else:
+            self.count(type(ev).__name__)
+        # One dict lookup per step (by state, then exact class); this runs once per token.
+        target = _NEXT[self.state].get(type(ev))
         if target is None:
             raise self.fail(
                 RemoteProtocolError(
@@ -185,28 +205,30 @@ class Assembler:
                 )
             )
         self.state = target
-        match ev:
-            case TextDelta(text=text):
-                self._text(text)
-            case ReasoningDelta(text=text):
-                if text:
-                    self._delta("reasoning_content", text)
-                    self._reasoning.append(text)
-            case SearchResult():
-                self._search(ev)
-            case MessageId(message_id=message_id, role=role):
-                if role == "assistant":
-                    self.last_message_id = message_id
-            case ConversationStarted(conversation_id=conversation_id):
-                self.conversation_id = conversation_id
-            case LengthStop():
-                self._length()
-            case ContentFiltered():
-                self._finish = "content_filter"
-            case Finished():
-                self._finish = self._finish or "stop"
-            case UpstreamFailure(error=error):
-                raise self.fail(error)
+        action = _ACTIONS.get(type(ev))
+        if action is not None:
+            action(self, ev)
+
+    def _on_reasoning(self, ev: ReasoningDelta) -> None:
+        if ev.text:
+            self._delta("reasoning_content", ev.text)
+            self._reasoning.append(ev.text)
+
+    def _on_message_id(self, ev: MessageId) -> None:
+        if ev.role == "assistant":
+            self.last_message_id = ev.message_id
+
+    def _on_conversation(self, ev: ConversationStarted) -> None:
+        self.conversation_id = ev.conversation_id
+
+    def _on_filtered(self, _ev: ContentFiltered) -> None:
+        self._finish = "content_filter"
+
+    def _on_finished(self, _ev: Finished) -> None:
+        self._finish = self._finish or "stop"
+
+    def _on_failure(self, ev: UpstreamFailure) -> None:
+        raise self.fail(ev.error)
 
     def resume(self) -> None:
         """A continuation call was posted: its events extend the same answer. Only called in
@@ -252,7 +274,8 @@ class Assembler:
 
     # -- events ----------------------------------------------------------------------------
 
-    def _text(self, text: str) -> None:
+    def _on_text(self, ev: TextDelta) -> None:
+        text = ev.text
         if not text:
             return
         if not self._wrote_text and self._header_citations:
@@ -260,7 +283,7 @@ class Assembler:
         self._wrote_text = True
         self._write(text)
 
-    def _search(self, result: SearchResult) -> None:
+    def _on_search(self, result: SearchResult) -> None:
         if not result.url or result.url in self._urls:
             return  # a result without a url cannot be cited (OpenAI requires one)
         self._urls.add(result.url)
@@ -273,7 +296,7 @@ class Assembler:
             self._header_citations = True
             self._citation_line(result)
 
-    def _length(self) -> None:
+    def _on_length(self, _ev: LengthStop) -> None:
         if self.last_message_id is None or self.continuations >= self._max_continuations:
             self.state = State.ENDED
             self._finish = "length"
@@ -317,19 +340,26 @@ class Assembler:
 
     def _delta(self, key: str, text: str) -> None:
         # Consecutive deltas of one kind within one `feed` become one chunk: fewer, larger
-        # writes for the client, and the concatenated text is the same.
-        if self._out:
-            last = self._out[-1]["choices"]
-            if last and last[0]["finish_reason"] is None and list(last[0]["delta"]) == [key]:
-                last[0]["delta"][key] += text
+        # writes for the client, and the concatenated text is the same. Only plain deltas are
+        # (field, text) parts, so the role, finish and usage chunks never merge.
+        out = self._out
+        if out:
+            last = out[-1]
+            if isinstance(last, tuple) and last[0] == key:
+                out[-1] = (key, last[1] + text)
                 return
-        self._emit({key: text}, None)
+        if self._chunk_id is None:
+            self._begin()
+        out.append((key, text))
 
     def _emit(self, delta: dict[str, Any], finish_reason: str | None) -> None:
         if self._chunk_id is None:
-            self._chunk_id = self._completion_id or self.conversation_id or self._fallback_id
-            self._out.append(self._chunk({"role": "assistant", "content": ""}, None))
+            self._begin()
         self._out.append(self._chunk(delta, finish_reason))
+
+    def _begin(self) -> None:
+        self._chunk_id = self._completion_id or self.conversation_id or self._fallback_id
+        self._out.append(self._chunk({"role": "assistant", "content": ""}, None))
 
     def _envelope(self) -> dict[str, Any]:
         return {
@@ -349,6 +379,20 @@ class Assembler:
             # OpenAI: with include_usage, every chunk but the last carries `usage: null`.
             chunk["usage"] = None
         return chunk
+
+
+#: what each event does besides its transition (Noise and Unknown are only counted)
+_ACTIONS: Final[dict[type[UpstreamEvent], Callable[[Assembler, Any], None]]] = {
+    TextDelta: Assembler._on_text,
+    ReasoningDelta: Assembler._on_reasoning,
+    SearchResult: Assembler._on_search,
+    MessageId: Assembler._on_message_id,
+    ConversationStarted: Assembler._on_conversation,
+    LengthStop: Assembler._on_length,
+    ContentFiltered: Assembler._on_filtered,
+    Finished: Assembler._on_finished,
+    UpstreamFailure: Assembler._on_failure,
+}
 
 
 def _md_label(text: str) -> str:

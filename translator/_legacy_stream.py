@@ -35,6 +35,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from json.scanner import make_scanner
 from typing import Any, Final
 
 from ._errors import RemoteProtocolError
@@ -56,6 +57,9 @@ from ._upstream import (
 
 __all__ = ["KimiEvent", "LegacyDecoder", "parse_kimi_event"]
 
+#: json.loads without its wrapper: (object, end index), exactly what json.loads would parse when
+#: the object spans the whole text (json.loads only adds whitespace skipping and error messages)
+_scan: Final = make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # typeshed is off
 _NOISE: Final = frozenset({"resp", "done", "ping", "rename", "loading", "debug", "chat_prompt"})
 
 
@@ -103,8 +107,23 @@ class LegacyDecoder:
             raise self._failed
         out: list[UpstreamEvent] = []
         try:
-            for sse in self._sse.feed(data):
-                out.extend(self._read(sse.data))
+            for text in self._sse.feed_data(data):
+                # The hot path: an answer piece, `{"event":"cmpl","text":...}`, goes straight to
+                # a TextDelta. Anything else (or anything odd) takes the full reading below,
+                # which gives the same events and the same errors.
+                try:
+                    obj, end = _scan(text, 0)
+                except (StopIteration, ValueError):
+                    obj, end = None, -1
+                if (
+                    end == len(text)
+                    and type(obj) is dict
+                    and obj.get("event") == "cmpl"
+                    and type(piece := obj.get("text")) is str
+                ):
+                    out.append(TextDelta(text=piece))
+                else:
+                    out.extend(self._read(text))
         except RemoteProtocolError as err:
             # Report in order: events decoded before the bad data go out first (see _sse.py).
             self._failed = err

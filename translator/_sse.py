@@ -86,12 +86,22 @@ class SSEDecoder:
         self._last_id = ""
         self._retry: int | None = None
         self._failed: RemoteProtocolError | None = None
+        self._data_only = False  # dispatch data strings instead of ServerSentEvents
 
     def feed(self, data: bytes) -> list[ServerSentEvent]:
         """Decode the next slice of the body; return the events it completed."""
+        return self._run(data, False)  # type: ignore[return-value]
+
+    def feed_data(self, data: bytes) -> list[str]:
+        """`feed`, but only each event's `data` (for a caller that reads nothing else): the
+        same events, errors and state, without building a `ServerSentEvent` per event."""
+        return self._run(data, True)  # type: ignore[return-value]
+
+    def _run(self, data: bytes, data_only: bool) -> list[ServerSentEvent | str]:
         if self._failed is not None:
             raise self._failed
-        events: list[ServerSentEvent] = []
+        self._data_only = data_only
+        events: list[ServerSentEvent | str] = []
         try:
             self._feed(data, events)
         except RemoteProtocolError as err:
@@ -109,7 +119,7 @@ class SSEDecoder:
         self._has_data = False
         return []
 
-    def _feed(self, data: bytes, events: list[ServerSentEvent]) -> None:
+    def _feed(self, data: bytes, events: list[ServerSentEvent | str]) -> None:
         buf = self._buf
         buf += data
         if self._at_start:
@@ -122,6 +132,12 @@ class SSEDecoder:
             self._skip_lf = False
             if buf[0] == 0x0A:
                 del buf[:1]
+        if (
+            b"\r" not in data  # the buffer before `data` never holds a line end
+            and self._data_size + len(buf) <= self._max  # so no limit can be hit below
+            and self._fast(buf, events)
+        ):
+            return
         pos = 0
         while (match := _LINE_END.search(buf, max(pos, self._scan_from))) is not None:
             self._scan_from = 0
@@ -137,7 +153,47 @@ class SSEDecoder:
                 code="upstream_protocol_error",
             )
 
-    def _line(self, raw: bytes, events: list[ServerSentEvent]) -> None:
+    def _fast(self, buf: bytearray, events: list[ServerSentEvent | str]) -> bool:
+        """The common case, in one pass: LF line ends only, and nothing near a limit (the caller
+        checked both). The complete lines are decoded at once (a line end never splits a UTF-8
+        sequence, so this is the same strict decoding) and split on LF. False, with nothing
+        changed, when those bytes are not valid UTF-8: the exact path then delivers the events
+        before the bad line and reports it in order."""
+        end = buf.rfind(b"\n")
+        if end < 0:
+            self._scan_from = len(buf)
+            return True
+        try:
+            text = buf[:end].decode("utf-8")
+        except UnicodeDecodeError:
+            return False
+        del buf[: end + 1]
+        self._scan_from = len(buf)
+        lines = text.split("\n")
+        data = self._data
+        for line in lines:
+            if line[:5] == "data:":
+                data.append(line[6:] if line[5:6] == " " else line[5:])
+                self._has_data = True
+            elif line:
+                self._field(line, 0)
+            else:
+                self._dispatch(events)
+        if self._has_data:
+            # An event continues into the next feed: its size so far, in bytes, for the limit
+            # (counted here, once, rather than per line).
+            size = 0
+            for line in reversed(lines):
+                if not line:
+                    break
+                if line[:5] == "data:" or line == "data":
+                    size += len(line.encode("utf-8")) if not line.isascii() else len(line)
+            else:
+                size += self._data_size  # no blank line: the event began in an earlier feed
+            self._data_size = size
+        return True
+
+    def _line(self, raw: bytes, events: list[ServerSentEvent | str]) -> None:
         if len(raw) > self._max:
             raise RemoteProtocolError(
                 f"Kimi sent an SSE line longer than {self._max} bytes",
@@ -153,13 +209,17 @@ class SSEDecoder:
         if not line:
             self._dispatch(events)
             return
+        self._field(line, len(raw))
+
+    def _field(self, line: str, size: int) -> None:
+        """One non-blank line; `size` is its length in bytes, for the event size limit."""
         if line.startswith(":"):
             return  # a comment (keep-alive)
         field, colon, value = line.partition(":")
         if colon and value.startswith(" "):
             value = value[1:]
         if field == "data":
-            self._data_size += len(raw)
+            self._data_size += size
             if self._data_size > self._max:
                 raise RemoteProtocolError(
                     f"Kimi sent an SSE event larger than {self._max} bytes",
@@ -176,8 +236,10 @@ class SSEDecoder:
             self._retry = int(value)
         # Any other field is ignored, as the spec says.
 
-    def _dispatch(self, events: list[ServerSentEvent]) -> None:
-        if self._has_data:
+    def _dispatch(self, events: list[ServerSentEvent | str]) -> None:
+        if self._has_data and self._data_only:
+            events.append("\n".join(self._data))
+        elif self._has_data:
             events.append(
                 ServerSentEvent(
                     data="\n".join(self._data),

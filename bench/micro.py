@@ -1,6 +1,7 @@
 """The translator alone, on one core: `python -m bench.micro [--events N] [--seconds S]`.
 
-Kimi events → OpenAI SSE bytes per second (ResponseTranslator(LegacyDecoder()) + encode_sse),
+Kimi events → OpenAI SSE bytes per second (ResponseTranslator(LegacyDecoder()) + encode_sse per
+chunk, and the same bytes from `feed_sse`/`close_sse`),
 the same for the non-stream fold (fold_completion of those chunks), and the Connect decoder
 path. Each workload is timed against baselines from the same run: json.loads of the same event
 payloads (the floor for anything that parses JSON) and the WHATWG SSE decoder alone. Bodies are
@@ -100,6 +101,16 @@ def _stream(reads: list[bytes], decoder: Callable[[], Any]) -> int:
     return out
 
 
+def _stream_sse(reads: list[bytes], decoder: Callable[[], Any]) -> int:
+    """The same bytes as `_stream`, through `feed_sse` / `close_sse` (no chunk dicts)."""
+    translator = _translator(decoder())
+    out = 0
+    for data in reads:
+        out += len(translator.feed_sse(data))
+    out += len(translator.close_sse() + SSE_DONE)
+    return out
+
+
 def _fold(reads: list[bytes], decoder: Callable[[], Any]) -> int:
     translator = _translator(decoder())
     chunks: list[dict[str, Any]] = []
@@ -165,6 +176,11 @@ def run_micro(events: int = 2000, repeat: int = 3, min_seconds: float = 0.3) -> 
             len(legacy),
             legacy_in,
         ),
+        "legacy: stream (feed_sse)": (
+            lambda: _stream_sse(legacy, LegacyDecoder),
+            len(legacy),
+            legacy_in,
+        ),
         "legacy: non-stream (translate + fold)": (
             lambda: _fold(legacy, LegacyDecoder),
             len(legacy),
@@ -182,6 +198,11 @@ def run_micro(events: int = 2000, repeat: int = 3, min_seconds: float = 0.3) -> 
         ),
         "connect: stream (translate + encode_sse)": (
             lambda: _stream(connect, ConnectDecoder),
+            len(connect),
+            connect_in,
+        ),
+        "connect: stream (feed_sse)": (
+            lambda: _stream_sse(connect, ConnectDecoder),
             len(connect),
             connect_in,
         ),

@@ -10,6 +10,7 @@ from tests.schema_check import assert_valid
 from translator._assembler import State
 from translator._errors import LocalProtocolError, RemoteProtocolError
 from translator._response import ResponseTranslator
+from translator._sse import encode_sse
 from translator._upstream import (
     ContentFiltered,
     ConversationStarted,
@@ -548,3 +549,56 @@ def test_any_event_in_any_state_lands_in_a_state_or_raises_into_error(state, eve
         assert t.state is State.ERROR
     else:
         assert t.state is State.CLOSED
+
+
+# -- feed_sse / close_sse -----------------------------------------------------------------------
+
+
+def sse_pair(*batches, **kwargs):
+    """Two translators over the same script: chunks encoded one by one, and feed_sse bytes."""
+    plain, fast = make(*batches, **kwargs), make(*batches, **kwargs)
+    expected = [b"".join(map(encode_sse, valid(plain.feed(b".")))) for _ in batches]
+    expected.append(b"".join(map(encode_sse, valid(plain.close()))))
+    got = [fast.feed_sse(b".") for _ in batches] + [fast.close_sse()]
+    return expected, got
+
+
+def test_feed_sse_is_the_encoded_chunks_of_feed():
+    expected, got = sse_pair(
+        [TextDelta(text='a"\n你'), TextDelta(text="b"), ReasoningDelta(text="r\u2028")],
+        [SearchResult(title="t", url="https://a.example/"), TextDelta(text="c")],
+        [TextDelta(text="🙂\x00\\")],
+        include_usage=True,
+        system_fingerprint="fp",
+    )
+    assert got == expected
+    assert got[0].startswith(b'data: {"id":"cid","object":"chat.completion.chunk"')
+    assert b'"content":"a\\"\\n\xe4\xbd\xa0b"' in got[0]
+
+
+def test_feed_sse_falls_back_to_the_encoder_when_the_template_is_ambiguous():
+    # The model name is the text marker: the template cannot be cut, encode_sse is used.
+    expected, got = sse_pair(
+        [TextDelta(text="x")], [TextDelta(text="y")], model="\x00kimi-free-api text\x00"
+    )
+    assert got == expected
+    assert b'"content":"y"' in got[1]
+
+
+def test_feed_sse_errors_as_feed_does():
+    t = make([TextDelta(text="a"), UpstreamFailure(error=FAIL)])
+    assert b'"content":"a"' in t.feed_sse(b".")
+    with pytest.raises(RemoteProtocolError, match="busy"):
+        t.feed_sse(b".")
+    with pytest.raises(RemoteProtocolError, match="busy"):
+        t.close_sse()
+
+
+def test_chunks_are_fresh_dicts_and_close_sse_twice():
+    t = make([TextDelta(text="a")], [TextDelta(text="b")])
+    first = t.feed(b".")
+    first[1]["choices"][0]["delta"]["content"] = "changed"
+    first[0]["id"] = "changed"
+    assert deltas(t.feed(b".")) == [{"content": "b"}]
+    assert b"changed" not in t.close_sse()
+    assert t.close_sse() == b""

@@ -5,13 +5,16 @@
    ids, usage, error, event counts);
 2. arbitrary or mutated bytes give chunks or a RemoteProtocolError, never another exception;
 4. the concatenated stream deltas equal the folded completion;
-5. every chunk, fold and error validates against its OpenAI schema.
+5. every chunk, fold and error validates against its OpenAI schema;
+6. `feed_sse`/`close_sse` write exactly `encode_sse` of what `feed`/`close` return, call by
+   call, for any split (and those bytes parse back to valid chunks).
 """
 
 from __future__ import annotations
 
 import json
 
+import pytest
 from hypothesis import example, given, note
 from hypothesis import strategies as st
 
@@ -21,6 +24,7 @@ from translator._errors import RemoteProtocolError
 from translator._fold import fold_completion
 from translator._legacy_stream import LegacyDecoder
 from translator._response import ResponseTranslator
+from translator._sse import SSEDecoder, encode_sse
 
 SCENARIOS = list_scenarios("legacy")
 
@@ -200,3 +204,89 @@ def test_mutated_fixtures_give_chunks_or_a_protocol_error(body, points):
     result = run(body, cutter(points))
     check_outputs(result)
     assert comparable(result) == comparable(run(body, lambda b: [b]))
+
+
+# -- 6: feed_sse / close_sse write exactly what encode_sse makes of feed / close --------------
+
+
+def lockstep_sse(bodies, cut, decoder=LegacyDecoder, **kwargs):
+    """Two translators in step over the same pieces: one through feed/close + encode_sse, one
+    through feed_sse/close_sse. Every call must give the same bytes or the same error."""
+    kwargs = {"completion_id": "cid", "model": "kimi", "created": 1, **kwargs}
+    plain = ResponseTranslator(decoder(), **kwargs)
+    fast = ResponseTranslator(decoder(), **kwargs)
+    written = b""
+
+    def both(call_plain, call_fast):
+        nonlocal written
+        error = None
+        try:
+            expected = b"".join(encode_sse(c) for c in call_plain())
+        except RemoteProtocolError as exc:
+            error = exc
+        if error is not None:
+            with pytest.raises(RemoteProtocolError) as info:
+                call_fast()
+            assert (info.value.code, str(info.value)) == (error.code, str(error))
+            return False
+        got = call_fast()
+        assert got == expected
+        written += got
+        return True
+
+    for index, body in enumerate(bodies):
+        if index:
+            if plain.continuation_segment is None:
+                break
+            plain.begin_continuation(decoder())
+            fast.begin_continuation(decoder())
+        for piece in cut(body):
+            if not both(lambda p=piece: plain.feed(p), lambda p=piece: fast.feed_sse(p)):
+                return written
+    both(plain.close, fast.close_sse)
+    both(plain.close, fast.close_sse)  # a second close is empty on both
+    assert plain.event_counts == fast.event_counts
+    return written
+
+
+def sse_objects(written):
+    events = SSEDecoder().feed(written)
+    assert b"".join(encode_sse(json.loads(e.data)) for e in events) == written
+    return [json.loads(e.data) for e in events]
+
+
+@given(st.sampled_from(SCENARIOS), st.lists(st.integers(0, 10_000), max_size=12))
+def test_feed_sse_equals_encoded_feed_on_fixtures(name, points):
+    scenario = load_scenario(name)
+    bodies = [scenario.upstream, *scenario.continuations]
+    written = lockstep_sse(bodies, cutter(points), **scenario.translator_kwargs)
+    for obj in sse_objects(written):
+        assert_valid("openai.chunk", obj)
+
+
+@given(
+    kimi_streams(),
+    st.lists(st.integers(0, 10_000), max_size=10),
+    st.booleans(),
+    st.booleans(),
+    st.sampled_from(["kimi", "\x00kimi-free-api text\x00", 'm"\u2028é']),
+    st.sampled_from([None, "cid", "fp"]),
+)
+def test_feed_sse_equals_encoded_feed_on_generated_streams(body, points, silent, usage, model, ids):
+    note(repr(body))
+    written = lockstep_sse(
+        [body],
+        cutter(points),
+        silent=silent,
+        include_usage=usage,
+        model=model,
+        completion_id=None if ids is None else "cid",
+        system_fingerprint="fp_1" if ids == "fp" else None,
+    )
+    for obj in sse_objects(written):
+        assert_valid("openai.chunk", obj)
+
+
+@given(kimi_streams())
+def test_feed_sse_equals_encoded_feed_byte_by_byte(body):
+    lockstep_sse([body], bytewise, completion_id=None)

@@ -217,3 +217,112 @@ def test_arbitrary_bytes_give_events_or_protocol_error(body, cuts):
         dec.close()
     except RemoteProtocolError:
         pass
+
+
+# -- the fast path (LF-only feeds) is the exact path, and feed_data is feed's data ------------
+
+
+class ExactOnly(SSEDecoder):
+    """The decoder with its one-pass fast path switched off: the line-by-line reference."""
+
+    def _fast(self, buf, events):
+        return False
+
+
+def outcome(decoder, pieces, method="feed"):
+    """Per call: the events (as tuples, or data strings) or the error it raised."""
+    calls = []
+    for piece in [*pieces, None]:
+        try:
+            if piece is None:
+                calls.append(("ok", decoder.close()))
+            else:
+                got = getattr(decoder, method)(piece)
+                calls.append(("ok", [e if isinstance(e, str) else e.data for e in got]))
+                if method == "feed":
+                    calls[-1] = ("ok", [(e.data, e.event, e.id, e.retry) for e in got])
+        except RemoteProtocolError as err:
+            calls.append(("error", str(err)))
+            break
+    return calls
+
+
+_line = st.sampled_from(
+    [
+        b"data: a",
+        b"data:b",
+        b"data",
+        "data: 你好🙂".encode(),
+        "data:é".encode(),
+        b"data: 0123456789abcdef0123",
+        b"",
+        b"",
+        b": comment",
+        b"event: add",
+        b"id: 7",
+        b"retry: 10",
+        b"other: x",
+        b"data: \xff",
+        b"\xef\xbb\xbfdata: bom",
+    ]
+)
+
+
+@st.composite
+def lf_bodies(draw):
+    lines = draw(st.lists(_line, max_size=16))
+    body = b"".join(line + b"\n" for line in lines)
+    if draw(st.booleans()):
+        body += draw(_line)  # an unterminated last line
+    if draw(st.integers(0, 4)) == 0:
+        body = body.replace(b"\n", b"\r\n", 1)
+    return body
+
+
+@given(
+    lf_bodies(),
+    st.lists(st.integers(0, 400), max_size=8),
+    st.sampled_from([8, 16, 24, 40, 10_000]),
+)
+def test_fast_path_gives_the_exact_path_events_and_errors(body, cuts, max_bytes):
+    points = sorted({c for c in cuts if c <= len(body)})
+    pieces = [body[a:b] for a, b in zip([0, *points], [*points, len(body)], strict=True)]
+    expected = outcome(ExactOnly(max_bytes=max_bytes), pieces)
+    assert outcome(SSEDecoder(max_bytes=max_bytes), pieces) == expected
+    data_only = [
+        (kind, [e[0] for e in value] if kind == "ok" else value) for kind, value in expected
+    ]
+    assert outcome(SSEDecoder(max_bytes=max_bytes), pieces, "feed_data") == data_only
+
+
+def test_event_size_limit_counts_bytes_across_fast_feeds():
+    # "data: 你" is 9 bytes: two lines are 18 > 16, though only 14 characters.
+    for decoder in (SSEDecoder(max_bytes=16), ExactOnly(max_bytes=16)):
+        decoder.feed("data: 你\n".encode())
+        with pytest.raises(RemoteProtocolError, match="larger than 16 bytes"):
+            decoder.feed("data: 你\n\n".encode())
+
+
+def test_event_continued_over_fast_feeds_without_a_blank_line():
+    decoder = SSEDecoder(max_bytes=30)
+    assert decoder.feed(b"data: 12345\n") == []
+    assert decoder.feed(b"data: 12345\n") == []  # 22 bytes of this event so far
+    with pytest.raises(RemoteProtocolError, match="larger than 30 bytes"):
+        decoder.feed(b"data: 123456789\n\n")
+
+
+def test_bad_utf8_in_a_fast_feed_comes_after_the_events_before_it():
+    decoder = SSEDecoder()
+    assert decoder.feed_data(b"data: ok\n\ndata: \xff\n\n") == ["ok"]
+    with pytest.raises(RemoteProtocolError, match="invalid UTF-8"):
+        decoder.feed_data(b"data: more\n\n")
+
+
+def test_pending_event_size_counts_only_its_data_lines():
+    # The event continues into the next feed; its other fields do not count toward the limit.
+    last = b"data: " + b"x" * 43 + b"\n\n"  # 49 bytes of data line: 11 + 49 = 60, the limit
+    for decoder in (SSEDecoder(max_bytes=60), ExactOnly(max_bytes=60)):
+        assert decoder.feed(b"data: 12345\nevent: some-long-name\n") == []
+        assert [(e.data, e.event) for e in decoder.feed(last)] == [
+            ("12345\n" + "x" * 43, "some-long-name")
+        ]

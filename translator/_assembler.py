@@ -97,9 +97,7 @@ _TRANSITIONS: Final[dict[tuple[State, type[UpstreamEvent]], State]] = {
     (_S.ENDED, UpstreamFailure): _S.ERROR,
 }
 #: the same table by state, then event class: one lookup per event, no key tuple to build
-_NEXT: Final[dict[State, dict[type[UpstreamEvent], State]]] = {state: {} for state in State}
-for (_state, _cls), _target in _TRANSITIONS.items():
-    _NEXT[_state][_cls] = _target
+_NEXT: Final = {s: {c: t for (s2, c), t in _TRANSITIONS.items() if s2 is s} for s in State}
 
 
 class Assembler:
@@ -136,7 +134,7 @@ class Assembler:
         self._max_continuations = max_continuations
         self._fingerprint = system_fingerprint
         self._finish: str | None = None
-        # Plain text deltas wait here as (field, text) and become dicts only in `drain()`:
+        # Plain text deltas wait here as (field, text) and become dicts only in `chunks()`:
         # consecutive ones merge without touching a dict, and `drain_parts` skips the dict.
         self._out: list[dict[str, Any] | tuple[str, str]] = []
         self._content: list[str] = []
@@ -161,21 +159,20 @@ class Assembler:
     def count(self, key: str) -> None:
         self.event_counts[key] = self.event_counts.get(key, 0) + 1
 
-    def drain(self) -> list[dict[str, Any]]:
-        """The chunks made since the last drain, as dicts the caller owns."""
-        out, self._out = self._out, []
-        chunk = self._chunk
-        return [chunk({p[0]: p[1]}, None) if isinstance(p, tuple) else p for p in out]
-
     def drain_parts(self) -> list[dict[str, Any] | tuple[str, str]]:
-        """`drain()`, but a chunk whose delta is one text field and nothing else comes as
-        (field, text): `chunk_for(field, text)` is its dict. For an encoder that writes those
-        chunks from a template (`ResponseTranslator.feed_sse`)."""
+        """The chunks made since the last call; a chunk whose delta is one text field and
+        nothing else comes as (field, text), and `chunks()` makes dicts of them all. So an
+        encoder can write those from a template (`ResponseTranslator.feed_sse`)."""
         out, self._out = self._out, []
         return out
 
+    def chunks(self, parts: list[dict[str, Any] | tuple[str, str]]) -> list[dict[str, Any]]:
+        """`parts` (from `drain_parts`) as chunk dicts, new ones the caller owns."""
+        chunk = self._chunk
+        return [chunk({p[0]: p[1]}, None) if isinstance(p, tuple) else p for p in parts]
+
     def chunk_for(self, key: str, text: str) -> dict[str, Any]:
-        """The chunk dict of a (field, text) part; the same as `drain()` would give."""
+        """The chunk dict of a (field, text) part, as `chunks()` makes it."""
         return self._chunk({key: text}, None)
 
     def fail(self, err: RemoteProtocolError) -> RemoteProtocolError:
@@ -184,7 +181,7 @@ class Assembler:
         return err
 
     def handle(self, ev: UpstreamEvent) -> None:
-        """Apply one event; its chunks collect until `drain()`.
+        """Apply one event; its chunks collect until `drain_parts()`.
 
         Raises:
             RemoteProtocolError: an UpstreamFailure, or an event the state does not allow.
@@ -256,8 +253,6 @@ class Assembler:
                 self._finish = "stop"
             case State.CONTINUE:
                 self._finish = "length"
-            case _:
-                pass
         if self._late:
             self._citation_block()
         delta: dict[str, Any] = {}

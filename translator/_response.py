@@ -11,13 +11,23 @@ chunks with `fold_completion`, so both forms cannot disagree.
 from __future__ import annotations
 
 import hashlib
-from typing import Any
+import json
+from collections.abc import Callable
+from typing import Any, Final
 
 from ._assembler import Assembler, State
 from ._errors import RemoteProtocolError, TranslatorError
+from ._sse import encode_sse
 from ._upstream import StreamDecoder, UpstreamEvent
 
 __all__ = ["ResponseTranslator"]
+
+#: a chunk dict, or a plain text delta as (field, text) (see `Assembler.drain_parts`)
+_Part = dict[str, Any] | tuple[str, str]
+#: stands for the text when a chunk template is cut out of `encode_sse` (see `_template`)
+_MARK: Final = "\x00kimi-free-api text\x00"
+#: a str as JSON, as `encode_sse` (json.dumps with ensure_ascii=False) writes it
+_json_str: Final[Callable[[str], str]] = json.encoder.encode_basestring
 
 
 class ResponseTranslator:
@@ -60,6 +70,7 @@ class ResponseTranslator:
             digest = hashlib.sha256(f"{model}\0{created}\0{prompt_text}".encode()).hexdigest()
             fallback_id = "chatcmpl-" + digest[:29]
         self._decoder = decoder
+        self._templates: dict[str, tuple[str, ...]] = {}
         self._asm = Assembler(
             completion_id=completion_id,
             fallback_id=fallback_id,
@@ -108,12 +119,17 @@ class ResponseTranslator:
         Raises:
             RemoteProtocolError: see the class doc.
         """
-        self._check_open()
-        try:
-            events = self._decoder.feed(data)
-        except RemoteProtocolError as err:
-            raise self._asm.fail(err) from None
-        return self._apply(events)
+        return self._asm.chunks(self._feed(data))
+
+    def feed_sse(self, data: bytes) -> bytes:
+        """`feed(data)` already written as SSE: exactly `b"".join(map(encode_sse, chunks))` for
+        the chunks `feed` would return, but a plain text chunk is written from a template
+        instead of building and dumping its dict (the hot path of a streamed answer).
+
+        Raises:
+            RemoteProtocolError: as `feed`.
+        """
+        return self._sse(self._feed(data))
 
     def close(self) -> list[dict[str, Any]]:
         """The body ended: the final chunks (finish chunk, then the usage chunk if asked for).
@@ -122,14 +138,11 @@ class ResponseTranslator:
         Raises:
             RemoteProtocolError: see the class doc; also when no answer came at all.
         """
-        if self._asm.state is State.CLOSED:
-            return []
-        self._check_open()
-        out = self._flush()
-        if self._asm.state is State.ERROR:
-            return out  # the error follows at the next call
-        self._asm.finish()  # raises when nothing of an answer came (then `out` is empty)
-        return out + self._asm.drain()
+        return self._asm.chunks(self._close())
+
+    def close_sse(self) -> bytes:
+        """`close()` written as SSE, as `feed_sse` is to `feed` (without `SSE_DONE`)."""
+        return self._sse(self._close())
 
     def begin_continuation(self, decoder: StreamDecoder) -> None:
         """Continue the answer with the body of a continuation call (after `continuation_segment`
@@ -156,6 +169,49 @@ class ResponseTranslator:
 
     # -- internals ---------------------------------------------------------------------------
 
+    def _feed(self, data: bytes) -> list[_Part]:
+        self._check_open()
+        try:
+            events = self._decoder.feed(data)
+        except RemoteProtocolError as err:
+            raise self._asm.fail(err) from None
+        return self._apply(events)
+
+    def _close(self) -> list[_Part]:
+        if self._asm.state is State.CLOSED:
+            return []
+        self._check_open()
+        out = self._flush()
+        if self._asm.state is State.ERROR:
+            return out  # the error follows at the next call
+        self._asm.finish()  # raises when nothing of an answer came (then `out` is empty)
+        return out + self._asm.drain_parts()
+
+    def _sse(self, parts: list[_Part]) -> bytes:
+        out: list[bytes] = []
+        for part in parts:
+            if isinstance(part, tuple):
+                key, text = part
+                template = self._templates.get(key)
+                if template is None:
+                    template = self._templates[key] = self._template(key)
+                if template:
+                    out.append((template[0] + _json_str(text) + template[1]).encode("utf-8"))
+                else:
+                    out.append(encode_sse(self._asm.chunk_for(key, text)))
+            else:
+                out.append(encode_sse(part))
+        return b"".join(out)
+
+    def _template(self, key: str) -> tuple[str, ...]:
+        """The SSE text of this answer's plain `key` chunk, split where the text goes: cut out
+        of `encode_sse` itself, so the fast path cannot drift from the one encoder. The chunk
+        id and every other field are fixed once the answer started (a part exists only then).
+        Empty when the marker is not found exactly once (a model name containing it)."""
+        encoded = encode_sse(self._asm.chunk_for(key, _MARK)).decode("utf-8")
+        pieces = encoded.split(_json_str(_MARK))
+        return (pieces[0], pieces[1]) if len(pieces) == 2 else ()
+
     def _check_open(self) -> None:
         if self._asm.error is not None:
             raise self._asm.error
@@ -164,21 +220,21 @@ class ResponseTranslator:
                 "Kimi's answer was already closed", code="upstream_protocol_error"
             )
 
-    def _flush(self) -> list[dict[str, Any]]:
+    def _flush(self) -> list[_Part]:
         try:
             events = self._decoder.close()
         except RemoteProtocolError as err:
             raise self._asm.fail(err) from None
         return self._apply(events)
 
-    def _apply(self, events: list[UpstreamEvent]) -> list[dict[str, Any]]:
+    def _apply(self, events: list[UpstreamEvent]) -> list[_Part]:
         try:
             for ev in events:
                 self._asm.handle(ev)
         except RemoteProtocolError:
             # Chunks already made go out first; `_check_open` raises the error next time.
-            out = self._asm.drain()
+            out = self._asm.drain_parts()
             if not out:
                 raise
             return out
-        return self._asm.drain()
+        return self._asm.drain_parts()

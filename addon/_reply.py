@@ -101,6 +101,17 @@ class SseReply:
             self.chunks_sent += len(chunks)
             self.content += content_of(chunks)
 
+    async def send_sse(self, data: bytes, content: str) -> None:
+        """Write SSE bytes the translator already encoded (`ResponseTranslator.feed_sse`), the
+        hot path of a streamed answer. `content` is the answer text so far
+        (`ResponseTranslator.content`); `chunks_sent` does not count these writes."""
+        if not data:
+            return
+        async with self._lock:
+            response = await self._start()
+            await response.write(data)
+            self.content = content
+
     async def keepalive(self) -> None:
         # A comment line is ignored by every SSE client but resets the idle timers of proxies
         # in between while Kimi thinks or searches.

@@ -573,6 +573,12 @@ def test_feed_sse_is_the_encoded_chunks_of_feed():
     )
     assert got == expected
     assert got[0].startswith(b'data: {"id":"cid","object":"chat.completion.chunk"')
+    fast = make([TextDelta(text="a"), ReasoningDelta(text="r")], [TextDelta(text="b")])
+    fast.feed_sse(b".")
+    assert fast.content == "a"
+    fast.feed_sse(b".")
+    fast.close_sse()
+    assert fast.content == "ab"
     assert b'"content":"a\\"\\n\xe4\xbd\xa0b"' in got[0]
 
 

@@ -153,6 +153,10 @@ class Assembler:
         return self._chunk_id is not None
 
     @property
+    def content(self) -> str:
+        return "".join(self._content)
+
+    @property
     def continuation_segment(self) -> str | None:
         return self.last_message_id if self.state is State.CONTINUE else None
 

@@ -108,6 +108,12 @@ class ResponseTranslator:
         return self._asm.last_message_id
 
     @property
+    def content(self) -> str:
+        """The answer text written so far: what a client concatenates from `delta.content`
+        (for a caller of `feed_sse`, which has no chunks to read it from)."""
+        return self._asm.content
+
+    @property
     def event_counts(self) -> dict[str, int]:
         """How many events of each kind were seen: UpstreamEvent class names, `Noise:<kind>`,
         `Unknown:<kind>`, plus `abrupt_end` and `continuation`."""

@@ -49,7 +49,7 @@ from ._conversations import ConversationKeeper, Resumption
 from ._dialects import Dialect, choose_dialect
 from ._fetch import FetchError
 from ._kimi import KimiClient
-from ._reply import JsonReply, Reply
+from ._reply import JsonReply, Reply, SseReply
 from ._store import Account
 from ._upload import UploadedFile, Uploader, UploadError
 
@@ -445,10 +445,18 @@ class ChatService:
                     data = bytes(buffer)
                     buffer.clear()
                     drained.set()
-                    chunks = translator.feed(data)
-                    if chunks and stats.first_byte_at is None:
-                        stats.first_byte_at = self.monotonic()
-                    await reply.send(chunks)
+                    if isinstance(reply, SseReply):
+                        # The hot path: the translator writes SSE bytes itself (the same bytes
+                        # as encode_sse of its chunks, without building them).
+                        out = translator.feed_sse(data)
+                        if out and stats.first_byte_at is None:
+                            stats.first_byte_at = self.monotonic()
+                        await reply.send_sse(out, translator.content)
+                    else:
+                        chunks = translator.feed(data)
+                        if chunks and stats.first_byte_at is None:
+                            stats.first_byte_at = self.monotonic()
+                        await reply.send(chunks)
                 if outcome:
                     _raise_transport(outcome[0], self.settings.stall_timeout)
                     return

@@ -23,8 +23,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
-if __package__ in (None, ""):
-    # Loaded as a script by `mitmdump -s addon/kimi_proxy.py`: make the project importable.
+if __name__ != "addon.kimi_proxy":
+    # Loaded as a script (`mitmdump -s addon/kimi_proxy.py` names it
+    # `__mitmproxy_script__.kimi_proxy`): import the sibling modules of THIS file, also from a
+    # clone that was never pip-installed, and never a different installed copy.
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from mitmproxy import ctx, exceptions, http

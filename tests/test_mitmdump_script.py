@@ -53,10 +53,12 @@ async def test_mitmdump_script_reverse_mode(tmp_path):
             assert proc.stdout is not None
             port = None
             ready = False
+            seen: list[str] = []
             async with asyncio.timeout(20):
                 while not (port and ready):
                     line = (await proc.stdout.readline()).decode()
-                    assert line, "mitmdump exited early"
+                    assert line, "mitmdump exited early:\n" + "".join(seen)
+                    seen.append(line)
                     if found := re.search(r"listening at .*:(\d+)", line):
                         port = int(found.group(1))
                     ready = ready or "relay ready" in line
@@ -74,7 +76,8 @@ async def test_mitmdump_script_reverse_mode(tmp_path):
                 await asyncio.sleep(0.05)
             assert fake.record.live_conversations() == []
         finally:
-            proc.send_signal(signal.SIGINT)
+            if proc.returncode is None:
+                proc.send_signal(signal.SIGINT)
             try:
                 await asyncio.wait_for(proc.wait(), 10)
             except TimeoutError:

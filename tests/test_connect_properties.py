@@ -5,13 +5,16 @@ from __future__ import annotations
 import struct
 
 import pytest
-from hypothesis import example, given, note
+from hypothesis import example, given, note, settings
 from hypothesis import strategies as st
 
 from schemas import load_schema
 from tests.schema_check import assert_valid
 from tests.test_connect_stream import SCENARIOS, decode, load_fixture, normalise
 from translator import Finished, ReasoningDelta, RemoteProtocolError, TextDelta, UpstreamEvent
+from translator._connect_frames import (
+    DEFAULT_MAX_MESSAGE_BYTES as DEFAULT_CAP,
+)
 from translator._connect_frames import Envelope, EnvelopeDecoder, encode_envelope
 from translator._connect_stream import ConnectDecoder
 
@@ -259,3 +262,150 @@ def test_schema_valid_messages_always_decode(messages):
     assert all(isinstance(e, UpstreamEvent) for e in events)
     assert sum(isinstance(e, Finished) for e in events) <= 1
     assert decoder.close() == []
+
+
+# --- the fast path (plain deltas) is the exact path --------------------------------------------
+
+
+class ExactOnly(ConnectDecoder):
+    """The decoder with its plain-delta fast path switched off: every envelope takes the
+    framing, the handler table and the typed readers."""
+
+    def _fast(self, data):
+        return [], 0
+
+
+def per_call(decoder, pieces):
+    """Per call: the events (type and fields) or the error it raised; then the rewrites."""
+    calls = []
+    for piece in [*pieces, None]:
+        try:
+            got = decoder.close() if piece is None else decoder.feed(piece)
+            calls.append(("ok", [(type(e).__name__, repr(e)) for e in got]))
+        except RemoteProtocolError as err:
+            calls.append(("error", err.code, str(err)))
+            break
+    return calls, decoder.rewrites
+
+
+_DELETE = object()
+_FIELD = "<field>"  # stands for the delta's own field (text or think)
+#: (path, new value) by kind: one change each that the fast path must notice (or still accept)
+_PERTURBATIONS = [
+    [(("op",), v) for v in ("set", "set", "init", None, 1)],
+    [
+        (("mask",), v)
+        for v in (
+            "block.text",
+            "block.think",
+            "block.text.content",
+            "block",
+            "block.tool",
+            "block.text,block.think",
+            " block.text.content",
+            None,
+            ["block.text.content"],
+            _DELETE,
+        )
+    ],
+    [(("block", "id"), v) for v in ("", None, 7, _DELETE)],
+    [(("block", _FIELD), v) for v in (None, [], "x", {}, _DELETE)],
+    [(("block", _FIELD, "content"), v) for v in ("", None, 3, ["a"], _DELETE)],
+    [(("block",), []), (("block",), None)],
+    [
+        (("eventOffset",), 9),
+        (("done",), {}),
+        (("heartbeat",), {}),
+        (("message",), {"id": "a", "role": "assistant", "status": "MESSAGE_STATUS_COMPLETED"}),
+        (("chat",), {"id": "c1"}),
+        (("error",), {"code": "unavailable"}),
+    ],
+]
+
+
+def _perturbed(field, block_id, content, changes):
+    """A plain delta message, with `changes` (from _PERTURBATIONS) applied."""
+    message = {"op": "append", "mask": f"block.{field}.content"}
+    message["block"] = {"id": block_id, field: {"content": content}}
+    for path, value in changes:
+        *outer, last = (field if key == _FIELD else key for key in path)
+        holder = message
+        for key in outer:
+            holder = holder[key]
+        if value is _DELETE:
+            holder.pop(last, None)
+        else:
+            holder[last] = value
+    return message
+
+
+near_delta = st.builds(
+    _perturbed,
+    st.sampled_from(["text", "think"]),
+    st.sampled_from(["1", "2"]),
+    text_st,
+    st.one_of(
+        st.just(()), st.sampled_from(_PERTURBATIONS).flatmap(st.sampled_from).map(lambda c: (c,))
+    ),
+)
+# (flags, payload): plain deltas and everything that looks almost like one
+_near_envelope = st.tuples(st.just(0), near_delta.map(lambda m: encode_envelope(m)[5:]))
+fast_envelope = st.one_of(
+    _near_envelope,
+    _near_envelope,
+    _near_envelope,
+    st.tuples(
+        st.sampled_from([0, 0, 0, 2, 1, 4]),
+        st.sampled_from(
+            [
+                b"{}",
+                b' {"op":"append","mask":"block.text","block":{"id":"1","text":{"content":"a"}}}',
+                b'{"op":"append","mask":"block.text","block":{"id":"1","text":{"content":"a"}}} ',
+                b'{"op":"append","mask":"block.text","block":{"id":"1","text":{"content":"a"}}}x',
+                b'{"op":"set","op":"append","mask":"block.text","block":{"id":"1","text":{"content":"b"}}}',
+                b'{"op":"append","mask":"block.text","block":{"id":"1","text":{"content":"\\ud800"}}}',
+                '{"op":"append","mask":"block.text","block":{"id":"1","text":{"content":"é"}}}'.encode(
+                    "utf-16"
+                ),
+                b'{"op":"append","mask":"block.text","block":{"id":"1","text":{"content":"\xff"}}}',
+                b"oops",
+                b"",
+                b"[]",
+                b"[" * 3000 + b"]" * 3000,
+                b'{"error":{"code":"unavailable"}}',
+            ]
+        ),
+    ),
+)
+
+
+@settings(max_examples=max(400, settings.default.max_examples))  # cheap, and the space is wide
+@given(
+    envelopes=st.lists(fast_envelope, min_size=1, max_size=12),
+    tail=st.sampled_from([b"", b"\x00\x00", b"\x00\x00\x00\x00\x09{}"]),
+    cap=st.sampled_from([30, 60, 100, DEFAULT_CAP]),
+    data=st.data(),
+)
+def test_fast_path_gives_the_exact_path_events_and_errors(envelopes, tail, cap, data):
+    body = b"".join(struct.pack(">BI", f, len(p)) + p for f, p in envelopes) + tail
+    boundaries = data.draw(cuts(len(body)))
+    pieces = [body[a:b] for a, b in zip([0, *boundaries], [*boundaries, len(body)], strict=True)]
+    expected = per_call(ExactOnly(max_message_bytes=cap), pieces)
+    assert per_call(ConnectDecoder(max_message_bytes=cap), pieces) == expected
+    # and the exact path itself does not depend on the reads
+    whole = per_call(ExactOnly(max_message_bytes=cap), [body])
+    assert [e for c in expected[0] if c[0] == "ok" for e in c[1]] == [
+        e for c in whole[0] if c[0] == "ok" for e in c[1]
+    ]
+
+
+@pytest.mark.parametrize("field", ["text", "think"])
+@pytest.mark.parametrize(
+    "change", [c for kind in _PERTURBATIONS for c in kind], ids=lambda c: f"{c[0]}={c[1]!r}"
+)
+def test_every_perturbation_of_a_delta_decodes_as_on_the_exact_path(field, change):
+    before = encode_envelope(_perturbed(field, "1", "ab", ()))
+    odd = encode_envelope(_perturbed(field, "1", "abc", (change,)))
+    after = encode_envelope(_perturbed(field, "1", "d", ()))
+    for pieces in ([odd], [before + odd + after], [before, odd + after], [before + odd, after]):
+        assert per_call(ConnectDecoder(), pieces) == per_call(ExactOnly(), pieces)

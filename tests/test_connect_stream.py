@@ -545,3 +545,90 @@ def test_events_before_a_fault_in_the_same_read_are_delivered_first():
     assert info.value.code == "bad_json"
     with pytest.raises(RemoteProtocolError):
         decoder.close()
+
+
+# -- the fast path (plain deltas read straight from the read) ---------------------------------
+
+
+def _delta(content, field="text", block="1", mask=None):
+    return encode_envelope(
+        {
+            "op": "append",
+            "mask": mask or f"block.{field}.content",
+            "block": {"id": block, field: {"content": content}},
+        }
+    )
+
+
+def test_plain_deltas_then_other_messages_in_one_read_keep_their_order():
+    decoder = ConnectDecoder()
+    body = (
+        _delta("a")
+        + _delta("b", field="think")
+        + encode_envelope({"done": {}})
+        + _delta("c", mask="block.text")
+        + encode_envelope(b"{}", end_stream=True)
+    )
+    assert decoder.feed(body) == [
+        TextDelta(text="a"),
+        ReasoningDelta(text="b"),
+        Finished(),
+        TextDelta(text="c"),
+    ]
+    assert decoder.close() == []
+
+
+def test_plain_delta_before_a_fault_in_the_same_read_is_delivered_first():
+    for fault, code in (
+        (encode_envelope(b"oops"), "bad_json"),
+        (b"\x04\x00\x00\x00\x00", "bad_frame"),
+        (encode_envelope({"block": []}), "bad_message"),
+    ):
+        decoder = ConnectDecoder()
+        assert decoder.feed(_delta("a") + fault + _delta("b")) == [TextDelta(text="a")]
+        for call in (lambda d=decoder: d.feed(_delta("c")), decoder.close):
+            with pytest.raises(RemoteProtocolError) as info:
+                call()
+            assert info.value.code == code
+
+
+def test_plain_delta_after_a_partial_envelope_waits_for_it():
+    decoder = ConnectDecoder()
+    first, second = _delta("a"), _delta("b")
+    assert decoder.feed(first[:3]) == []
+    assert decoder.feed(first[3:] + second) == [TextDelta(text="a"), TextDelta(text="b")]
+
+
+def test_plain_deltas_after_the_end_of_stream_are_an_error():
+    decoder = ConnectDecoder()
+    assert decoder.feed(encode_envelope(b"{}", end_stream=True)) == []
+    with pytest.raises(RemoteProtocolError) as info:
+        decoder.feed(_delta("a"))
+    assert info.value.code == "bad_frame"
+
+
+def test_a_long_run_of_appends_is_the_text_a_later_set_extends():
+    decoder = ConnectDecoder()
+    pieces = [f"{i}," for i in range(300)]
+    out = [ev for piece in pieces for ev in decoder.feed(_delta(piece))]
+    assert out == [TextDelta(text=p) for p in pieces]
+    whole = "".join(pieces)
+
+    def set_(content):
+        return decoder.feed(
+            encode_envelope(
+                {
+                    "op": "set",
+                    "mask": "block.text",
+                    "block": {"id": "1", "text": {"content": content}},
+                }
+            )
+        )
+
+    assert set_(whole) == []
+    assert set_(whole + "end") == [TextDelta(text="end")]
+    assert set_(whole) == [Noise(kind="rewrite")]  # shorter than what the client has
+    assert set_("1" + whole[1:] + "end") == [Noise(kind="rewrite")]
+    assert decoder.rewrites == 2
+    assert decoder.feed(_delta("!")) == [TextDelta(text="!")]
+    assert set_(whole + "end!?") == [TextDelta(text="?")]

@@ -109,32 +109,47 @@ class EnvelopeDecoder:
         self._buffer = bytearray()
         self._error: RemoteProtocolError | None = None
 
+    @property
+    def buffered(self) -> int:
+        """Bytes held of an envelope not yet complete (0 on an envelope boundary)."""
+        return len(self._buffer)
+
     def feed(self, data: bytes) -> list[Envelope]:
         """Add `data` to the buffer and return every envelope now complete."""
         self._check()
-        self._buffer += data
+        # On an envelope boundary (the usual case: a read holds whole envelopes) read `data` in
+        # place and keep only its incomplete tail; copying it into the buffer first would cost
+        # a copy of every byte of the body.
+        buffer: bytes | bytearray = data
+        if self._buffer:
+            self._buffer += data
+            buffer = self._buffer
         envelopes: list[Envelope] = []
         start = 0
-        buffer = self._buffer
-        while len(buffer) - start >= _HEADER.size:
+        size = len(buffer)
+        while size - start >= _HEADER.size:
             flags, length = _HEADER.unpack_from(buffer, start)
-            try:
-                self._check_header(flags, length)
-            except RemoteProtocolError:
-                if not envelopes:
-                    raise
-                # Deliver the envelopes that came before the fault; the next call raises it.
-                # So the envelopes a caller sees do not depend on how the body was cut.
-                return envelopes
+            if flags or length > self.max_message_bytes:
+                try:
+                    self._check_header(flags, length)
+                except RemoteProtocolError:
+                    if not envelopes:
+                        raise
+                    # Deliver the envelopes that came before the fault; the next call raises
+                    # it. So the envelopes a caller sees do not depend on how the body was cut.
+                    return envelopes
             end = start + _HEADER.size + length
-            if end > len(buffer):
+            if end > size:
                 break
             envelopes.append(
                 Envelope(flags=flags, payload=bytes(buffer[start + _HEADER.size : end]))
             )
             start = end
-        # one deletion per feed keeps a stream of tiny reads linear, not quadratic
-        del buffer[:start]
+        if buffer is self._buffer:
+            # one deletion per feed keeps a stream of tiny reads linear, not quadratic
+            del self._buffer[:start]
+        elif start < size:
+            self._buffer += memoryview(data)[start:]
         return envelopes
 
     def close(self) -> None:

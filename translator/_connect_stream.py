@@ -16,7 +16,7 @@ JSON object, and each object is read by the keys it carries. Kimi sends incremen
         Finished when the assistant message reaches MESSAGE_STATUS_COMPLETED
 - `done`                           → Finished
 - `heartbeat`                      → Noise("heartbeat")
-- `error`                          → UpstreamFailure or ContentFiltered (see `_error_event`)
+- `error`                          → UpstreamFailure or ContentFiltered (see `_connect_errors`)
 - anything else                    → Unknown(kind=<first key other than op/mask/eventOffset>)
 
 The final envelope (flag 0x02) carries `{}` (nothing to report) or `{"error": ...}`
@@ -34,19 +34,34 @@ message comes first (later ones are Noise("done") / nothing).
 Field types are checked where we read them: a known container with the wrong shape is a
 `RemoteProtocolError`, because silently dropping an answer is worse than failing loudly.
 Unknown keys beside known ones are ignored (the protocol grows).
+
+The hot path: most envelopes are plain deltas, `{"op":"append","mask":"block.text.content",
+"block":{"id":..,"text":{"content":".."}}}` (or `think`). While the framing holds no partial
+envelope, `feed` reads such envelopes straight from the read (no `Envelope`, no handler table)
+with the JSON scanner, and stops at the first envelope that is anything else, which takes the
+exact path above. Both give the same events and errors for any split of the body.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from json.scanner import make_scanner
 from typing import Any, Final
 
+from ._connect_errors import (
+    MODERATION_REASON_MARKERS,
+    clip,
+    connect_error,
+    error_event,
+    malformed,
+    present,
+    read_object,
+    read_string,
+)
 from ._connect_frames import DEFAULT_MAX_MESSAGE_BYTES, Envelope, EnvelopeDecoder
 from ._errors import RemoteProtocolError
 from ._upstream import (
-    ContentFiltered,
     ConversationStarted,
     Finished,
     MessageId,
@@ -56,7 +71,6 @@ from ._upstream import (
     TextDelta,
     Unknown,
     UpstreamEvent,
-    UpstreamFailure,
 )
 
 __all__ = ["MODERATION_REASON_MARKERS", "ConnectDecoder", "connect_error"]
@@ -64,38 +78,20 @@ __all__ = ["MODERATION_REASON_MARKERS", "ConnectDecoder", "connect_error"]
 MESSAGE_COMPLETED: Final = "MESSAGE_STATUS_COMPLETED"
 #: keys of the update envelope itself, not of what changed; skipped when naming an Unknown
 _META_KEYS: Final = frozenset({"op", "mask", "eventOffset", "event_offset"})
-#: Unknown payloads are for humans reading a replay report; keep them short
-_MAX_PAYLOAD_CHARS: Final = 1000
-
-#: Substrings of an error `reason` that mean a moderation stop. No public client has recorded
-#: Kimi's exact moderation reasons yet, so this is a guess kept in one place: these words name
-#: content policy and nothing else (we deliberately leave out "RISK", which Kimi also uses for
-#: account risk control).
-MODERATION_REASON_MARKERS: Final = ("SENSITIVE", "MODERATION", "CONTENT_FILTER", "CENSOR")
-
-#: Connect code → (HTTP status, OpenAI error type) for the addon's answer. Codes from the Connect
-#: specification; the statuses are what an OpenAI client expects for the same situation.
-_CODE_MAP: Final[Mapping[str, tuple[int, str]]] = {
-    "unauthenticated": (401, "authentication_error"),
-    # Kimi uses permission_denied for expired/foreign tokens; the fix is the same: new token.
-    "permission_denied": (401, "authentication_error"),
-    "resource_exhausted": (429, "rate_limit_error"),
-    "unavailable": (503, "server_error"),
-    "deadline_exceeded": (503, "server_error"),
+#: json.loads without its wrapper: (object, end index), exactly what json.loads would parse when
+#: the object spans the whole text (json.loads only adds whitespace skipping and error messages)
+_scan: Final = make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # typeshed is off
+#: the masks of a plain delta (what the fast path reads) → the block field they name
+_DELTA_MASKS: Final[Mapping[str, str]] = {
+    "block.text.content": "text",
+    "block.text": "text",
+    "block.think.content": "think",
+    "block.think": "think",
 }
-_OVERLOADED: Final = (503, "server_error")
-#: A paywall needs a subscription: retrying (what clients do on 429) cannot help, so 402 with
-#: OpenAI's "insufficient_quota" type, which clients already treat as "stop and tell the user".
-_PAYWALL: Final = (402, "insufficient_quota")
-_HTTP_STATUS_MAP: Final[Mapping[int, tuple[int, str]]] = {
-    401: (401, "authentication_error"),
-    403: (401, "authentication_error"),
-    402: _PAYWALL,
-    429: (429, "rate_limit_error"),
-    503: (503, "server_error"),
-    504: (503, "server_error"),
-}
-_DEFAULT: Final = (502, "upstream_error")
+#: handler keys other than `block`: a message with one of them is not a plain delta
+_NOT_DELTA_KEYS: Final = frozenset({"chat", "message", "done", "heartbeat", "error"})
+#: joined into one string past this many pieces: bounded memory without quadratic copying
+_MAX_PIECES: Final = 64
 
 
 class ConnectDecoder:
@@ -120,12 +116,23 @@ class ConnectDecoder:
         #: role → the last message id reported for it
         self._message_ids: dict[str, str] = {}
         self._urls: set[str] = set()
-        #: (block id, "text" | "think") → the text the client has been given for that block
-        self._sent: dict[tuple[str, str], str] = {}
+        #: (block id, "text" | "think") → the text the client has been given for that block,
+        #: in pieces (appending to one string would copy the whole answer at every delta)
+        self._sent: dict[tuple[str, str], list[str]] = {}
         self.rewrites = 0
 
     def feed(self, data: bytes) -> list[UpstreamEvent]:
         """Decode `data`, a slice of the response body."""
+        if self._error is None and not self._ended and not self._frames.buffered:
+            events, used = self._fast(data)
+            if events:
+                if used == len(data):
+                    return events
+                rest = data[used:]
+                try:
+                    return events + self._guard(lambda: self._frames.feed(rest))
+                except RemoteProtocolError:
+                    return events  # `_guard` kept the error: the next call raises it
         return self._guard(lambda: self._frames.feed(data))
 
     def close(self) -> list[UpstreamEvent]:
@@ -154,6 +161,53 @@ class ConnectDecoder:
             # the next call raises. This keeps the output independent of read boundaries.
         return events
 
+    def _fast(self, data: bytes) -> tuple[list[UpstreamEvent], int]:
+        """The plain deltas at the start of `data` (whole envelopes only), and where they end.
+        Every condition below is one the exact path checks to give the same single delta; what
+        fails one (an odd shape, bad JSON, an empty delta, a partial envelope) is left to it."""
+        events: list[UpstreamEvent] = []
+        start = 0
+        size = len(data)
+        limit = self._frames.max_message_bytes
+        while size - start >= 5:
+            # the 5-byte envelope header (see _connect_frames): flags 0, big-endian length
+            length = int.from_bytes(data[start + 1 : start + 5])
+            end = start + 5 + length
+            if data[start] or end > size or length > limit:
+                break
+            try:
+                text = data[start + 5 : end].decode("utf-8")
+                obj, stop = _scan(text, 0)
+            except (StopIteration, ValueError, RecursionError):
+                break
+            if (
+                stop != len(text)
+                or type(obj) is not dict
+                or obj.get("op") != "append"
+                or type(mask := obj.get("mask")) is not str
+                or (field := _DELTA_MASKS.get(mask)) is None
+                or type(block := obj.get("block")) is not dict
+                or not _NOT_DELTA_KEYS.isdisjoint(obj)
+                or type(block_id := block.get("id")) is not str
+                or type(holder := block.get(field)) is not dict
+                or type(delta := holder.get("content")) is not str
+                or not delta
+            ):
+                break
+            self._record((block_id, field), delta)
+            events.append(TextDelta(text=delta) if field == "text" else ReasoningDelta(text=delta))
+            start = end
+        return events, start
+
+    def _record(self, key: tuple[str, str], delta: str) -> None:
+        pieces = self._sent.get(key)
+        if pieces is None:
+            self._sent[key] = [delta]
+        else:
+            pieces.append(delta)
+            if len(pieces) > _MAX_PIECES:
+                pieces[:] = ["".join(pieces)]
+
     # --- one envelope ---------------------------------------------------------------------
 
     def _envelope(self, envelope: Envelope) -> list[UpstreamEvent]:
@@ -165,7 +219,7 @@ class ConnectDecoder:
         if envelope.end_stream:
             self._ended = True
             error = obj.get("error")
-            return [] if error is None else [_error_event(error)]
+            return [] if error is None else [error_event(error)]
         events: list[UpstreamEvent] = []
         handled = False
         for key, handler in _HANDLERS:
@@ -177,24 +231,28 @@ class ConnectDecoder:
         return events
 
     def _chat(self, chat: Any, obj: Mapping[str, Any]) -> list[UpstreamEvent]:
-        chat = _object(chat, "chat")
-        chat_id = _string(chat, "id", "chat")
+        chat = read_object(chat, "chat")
+        chat_id = read_string(chat, "id", "chat")
         if not chat_id or chat_id == self._chat_id:
             return [Noise(kind="chat")]
         self._chat_id = chat_id
         return [
-            ConversationStarted(conversation_id=chat_id, name=_string(chat, "name", "chat") or None)
+            ConversationStarted(
+                conversation_id=chat_id, name=read_string(chat, "name", "chat") or None
+            )
         ]
 
     def _block(self, block: Any, obj: Mapping[str, Any]) -> list[UpstreamEvent]:
-        block = _object(block, "block")
+        block = read_object(block, "block")
         op = obj.get("op")
         if op not in ("set", "append"):
             return [Unknown(kind=f"op:{op}", payload=_dump(obj))]
         events: list[UpstreamEvent] = []
         for field in _masked_fields(obj.get("mask"), block):
             if field in ("text", "think"):
-                events += self._content(op, _string(block, "id", "block"), field, block.get(field))
+                events += self._content(
+                    op, read_string(block, "id", "block"), field, block.get(field)
+                )
             elif field == "tool":
                 events.append(Noise(kind="tool"))
             else:
@@ -202,27 +260,26 @@ class ConnectDecoder:
         return events
 
     def _content(self, op: str, block_id: str, field: str, value: Any) -> list[UpstreamEvent]:
-        holder = _object(_present(value, {}), f"block.{field}")
-        content = _string(holder, "content", f"block.{field}")
+        holder = read_object(present(value, {}), f"block.{field}")
+        content = read_string(holder, "content", f"block.{field}")
         key = (block_id, field)
-        sent = self._sent.get(key, "")
         if op == "append":
             delta = content
-        elif content.startswith(sent):
+        elif content.startswith(sent := "".join(self._sent.get(key, ()))):
             delta = content[len(sent) :]
         else:
             self.rewrites += 1
             return [Noise(kind="rewrite")]
         if not delta:
             return []
-        self._sent[key] = sent + delta
+        self._record(key, delta)
         return [TextDelta(text=delta) if field == "text" else ReasoningDelta(text=delta)]
 
     def _message(self, message: Any, obj: Mapping[str, Any]) -> list[UpstreamEvent]:
-        message = _object(message, "message")
+        message = read_object(message, "message")
         events: list[UpstreamEvent] = [*self._search_results(message.get("refs"))]
-        message_id = _string(message, "id", "message")
-        role = _string(message, "role", "message")
+        message_id = read_string(message, "id", "message")
+        role = read_string(message, "role", "message")
         if not role and message_id and message_id == self._message_ids.get("assistant"):
             role = "assistant"  # status updates name the message by id only
         if (
@@ -232,7 +289,7 @@ class ConnectDecoder:
         ):
             self._message_ids[role] = message_id
             events.append(MessageId(message_id=message_id, role=role))
-        status = _string(message, "status", "message")
+        status = read_string(message, "status", "message")
         if role == "assistant" and status == MESSAGE_COMPLETED:
             events += self._finish()
         return events or [Noise(kind="message")]
@@ -240,22 +297,25 @@ class ConnectDecoder:
     def _search_results(self, refs: Any) -> list[UpstreamEvent]:
         if refs is None:
             return []
-        chunks = _present(_object(refs, "message.refs").get("searchChunks"), [])
+        chunks = present(read_object(refs, "message.refs").get("searchChunks"), [])
         if not isinstance(chunks, list):
-            raise _shape("message.refs.searchChunks")
+            raise malformed("message.refs.searchChunks")
         events: list[UpstreamEvent] = []
         for chunk in chunks:
-            chunk = _object(chunk, "searchChunks[]")
+            chunk = read_object(chunk, "searchChunks[]")
             # the page documents {"base": ...}; tool blocks wrap the same card in "searchResult"
-            holder = _object(
-                _present(chunk.get("searchResult"), chunk), "searchChunks[].searchResult"
+            holder = read_object(
+                present(chunk.get("searchResult"), chunk), "searchChunks[].searchResult"
             )
-            base = _object(_present(holder.get("base"), {}), where := "searchChunks[].base")
-            url = _string(base, "url", where)
+            base = read_object(present(holder.get("base"), {}), where := "searchChunks[].base")
+            url = read_string(base, "url", where)
             if url and url not in self._urls:
                 self._urls.add(url)
-                site, snippet = _string(base, "siteName", where), _string(base, "snippet", where)
-                title = _string(base, "title", where)
+                site, snippet = (
+                    read_string(base, "siteName", where),
+                    read_string(base, "snippet", where),
+                )
+                title = read_string(base, "title", where)
                 events.append(
                     SearchResult(
                         title=title, url=url, site_name=site or None, snippet=snippet or None
@@ -278,84 +338,8 @@ _HANDLERS: Final[tuple[tuple[str, _Handler], ...]] = (
     ("message", ConnectDecoder._message),
     ("done", lambda self, _done, _obj: self._finish() or [Noise(kind="done")]),
     ("heartbeat", lambda _self, _beat, _obj: [Noise(kind="heartbeat")]),
-    ("error", lambda _self, error, _obj: [_error_event(error)]),
+    ("error", lambda _self, error, _obj: [error_event(error)]),
 )
-
-
-def connect_error(status: int, body: bytes) -> RemoteProtocolError:
-    """The error for a non-200 answer to a Connect call (unary or streaming).
-
-    Connect error bodies are JSON `{"code", "message", "details"}`; the code decides the status
-    the client sees. A body that is not such JSON (a proxy's HTML page) falls back to the HTTP
-    status. Moderation reasons are not special here: a refused call has no answer to end.
-    """
-    try:
-        obj = json.loads(body)
-    except (ValueError, RecursionError):
-        obj = None
-    if isinstance(obj, dict) and isinstance(obj.get("code"), str):
-        try:
-            return _failure(_read_error(obj), prefix=f"HTTP {status}: ")
-        except RemoteProtocolError:
-            pass  # malformed details: fall back to the HTTP status below
-    text = body.decode("utf-8", "replace").strip()
-    answer_status, answer_type = _HTTP_STATUS_MAP.get(status, _DEFAULT)
-    return RemoteProtocolError(
-        f"Kimi answered HTTP {status}" + (f": {_clip(text)}" if text else ""),
-        status=answer_status,
-        type=answer_type,
-        code=f"http_{status}",
-    )
-
-
-# --- errors ---------------------------------------------------------------------------------
-
-
-def _error_event(error: Any) -> UpstreamEvent:
-    read = _read_error(_object(error, "error"))
-    if any(marker in read.reason.upper() for marker in MODERATION_REASON_MARKERS):
-        # A moderation stop ends the answer with finish_reason content_filter (see _upstream).
-        return ContentFiltered(message=read.text)
-    return UpstreamFailure(error=_failure(read))
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class _ReadError:
-    code: str
-    reason: str
-    text: str
-    paywall: bool
-
-
-def _read_error(error: Mapping[str, Any]) -> _ReadError:
-    code = _string(error, "code", "error") or "unknown"
-    reason = localized = ""
-    paywall = False
-    details = _present(error.get("details"), [])
-    if not isinstance(details, list):
-        raise _shape("error.details")
-    for detail in details:
-        debug = _object(_present(_object(detail, "error.details[]").get("debug"), {}), "debug")
-        reason = reason or _string(debug, "reason", "debug")
-        message = _object(_present(debug.get("localizedMessage"), {}), "debug.localizedMessage")
-        localized = localized or _string(message, "message", "debug.localizedMessage")
-        # `paywall` is an object describing the offer; any value other than null/false counts
-        paywall = paywall or debug.get("paywall") not in (None, False)
-    text = localized or _string(error, "message", "error") or code
-    return _ReadError(code=code, reason=reason, text=text, paywall=paywall)
-
-
-def _failure(read: _ReadError, *, prefix: str = "") -> RemoteProtocolError:
-    if read.reason == "REASON_COMPLETION_OVERLOADED":
-        status, kind = _OVERLOADED
-    elif read.code == "resource_exhausted" and read.paywall:
-        status, kind = _PAYWALL
-    else:
-        status, kind = _CODE_MAP.get(read.code, _DEFAULT)
-    detail = read.code + (f", {read.reason}" if read.reason else "")
-    return RemoteProtocolError(
-        f"{prefix}Kimi: {read.text} ({detail})", status=status, type=kind, code=read.code
-    )
 
 
 # --- small readers --------------------------------------------------------------------------
@@ -376,7 +360,7 @@ def _masked_fields(mask: Any, block: Mapping[str, Any]) -> list[str]:
     """The block fields an update touches. A FieldMask in JSON is comma-separated paths; a
     path of just `block` (or no mask at all) touches whatever the block carries."""
     if mask is not None and not isinstance(mask, str):
-        raise _shape("mask")
+        raise malformed("mask")
     fields: list[str] = []
     for path in (mask or "block").split(","):
         parts = path.strip().split(".")
@@ -387,32 +371,6 @@ def _masked_fields(mask: Any, block: Mapping[str, Any]) -> list[str]:
     return fields
 
 
-def _present(value: Any, default: Any) -> Any:
-    """`value`, or `default` when the field is absent or null (JSON null = not set in proto3)."""
-    return default if value is None else value
-
-
-def _object(value: Any, where: str) -> Mapping[str, Any]:
-    if not isinstance(value, dict):
-        raise _shape(where)
-    return value
-
-
-def _string(obj: Mapping[str, Any], key: str, where: str) -> str:
-    value = obj.get(key)
-    if value is None:
-        return ""
-    if not isinstance(value, str):
-        raise _shape(f"{where}.{key}")
-    return value
-
-
-def _shape(where: str) -> RemoteProtocolError:
-    return RemoteProtocolError(
-        f"Kimi sent a Connect message with a malformed {where}", code="bad_message"
-    )
-
-
 def _kind(obj: Mapping[str, Any]) -> str:
     keys = list(obj)
     named = [k for k in keys if k not in _META_KEYS]
@@ -420,8 +378,4 @@ def _kind(obj: Mapping[str, Any]) -> str:
 
 
 def _dump(obj: Mapping[str, Any]) -> str:
-    return _clip(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))
-
-
-def _clip(text: str) -> str:
-    return text if len(text) <= _MAX_PAYLOAD_CHARS else text[:_MAX_PAYLOAD_CHARS] + "…"
+    return clip(json.dumps(obj, ensure_ascii=False, separators=(",", ":")))

@@ -110,3 +110,19 @@ def test_envelopes_before_a_bad_header_are_delivered_then_the_error():
     with pytest.raises(RemoteProtocolError) as info:
         decoder.close()
     assert info.value.code == "frame_too_large"
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_whole_envelopes_are_read_in_place_and_only_the_tail_is_kept(kind):
+    one, two = encode_envelope({"a": 1}), encode_envelope({"b": 2})
+    decoder = EnvelopeDecoder()
+    assert decoder.buffered == 0
+    out = decoder.feed(kind(one + two[:7]))
+    assert out == [Envelope(flags=0, payload=b'{"a":1}')]
+    assert all(type(e.payload) is bytes for e in out)
+    assert decoder.buffered == 7
+    assert decoder.feed(kind(two[7:] + one[:2])) == [Envelope(flags=0, payload=b'{"b":2}')]
+    assert decoder.buffered == 2
+    assert decoder.feed(kind(one[2:])) == [Envelope(flags=0, payload=b'{"a":1}')]
+    assert decoder.buffered == 0
+    decoder.close()

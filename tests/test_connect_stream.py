@@ -632,3 +632,16 @@ def test_a_long_run_of_appends_is_the_text_a_later_set_extends():
     assert decoder.rewrites == 2
     assert decoder.feed(_delta("!")) == [TextDelta(text="!")]
     assert set_(whole + "end!?") == [TextDelta(text="?")]
+
+
+@pytest.mark.parametrize("kind", [bytearray, memoryview])
+def test_other_bytes_like_reads_decode_the_same(kind):
+    body = _delta("a") + _delta("é", field="think") + encode_envelope({"done": {}})
+    decoder = ConnectDecoder()
+    assert decoder.feed(kind(body[:3])) == []
+    assert decoder.feed(kind(body[3:])) == [
+        TextDelta(text="a"),
+        ReasoningDelta(text="é"),
+        Finished(),
+    ]
+    assert decoder.feed(kind(_delta("b"))) == [TextDelta(text="b")]

@@ -123,7 +123,14 @@ class ConnectDecoder:
 
     def feed(self, data: bytes) -> list[UpstreamEvent]:
         """Decode `data`, a slice of the response body."""
-        if self._error is None and not self._ended and not self._frames.buffered:
+        # Plain deltas first, while no envelope is half read. Other bytes-like reads (memoryview
+        # has no `.decode`) take the exact path.
+        if (
+            self._error is None
+            and not self._ended
+            and not self._frames.buffered
+            and type(data) is bytes
+        ):
             events, used = self._fast(data)
             if events:
                 if used == len(data):

@@ -260,11 +260,7 @@ class ChatService:
             response = await reply.finish(final)
             answer = reply.content
             # A moderation stop ends the conversation's use: it is deleted at once.
-            finished = not any(
-                choice.get("finish_reason") == "content_filter"
-                for chunk in final
-                for choice in chunk.get("choices") or ()
-            )
+            finished = live.finish_reason != "content_filter"
             if (
                 finished
                 and conversation_id

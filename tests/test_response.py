@@ -331,8 +331,10 @@ def test_abrupt_end_after_content_is_a_well_formed_stop():
 
 def test_content_filter():
     t = make([TextDelta(text="a"), ContentFiltered(message="no"), Finished()])
+    assert t.finish_reason is None
     t.feed(b".")
     assert finish_of(valid(t.close())) == "content_filter"
+    assert t.finish_reason == "content_filter"
 
 
 def test_moderation_after_the_end_changes_the_finish_reason():

@@ -157,6 +157,10 @@ class Assembler:
         return "".join(self._content)
 
     @property
+    def finish_reason(self) -> str | None:
+        return self._finish
+
+    @property
     def continuation_segment(self) -> str | None:
         return self.last_message_id if self.state is State.CONTINUE else None
 

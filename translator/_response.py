@@ -114,6 +114,11 @@ class ResponseTranslator:
         return self._asm.content
 
     @property
+    def finish_reason(self) -> str | None:
+        """Why the answer ended (`stop`, `length`, `content_filter`), once that is known."""
+        return self._asm.finish_reason
+
+    @property
     def event_counts(self) -> dict[str, int]:
         """How many events of each kind were seen: UpstreamEvent class names, `Noise:<kind>`,
         `Unknown:<kind>`, plus `abrupt_end` and `continuation`."""

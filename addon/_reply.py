@@ -78,7 +78,6 @@ class SseReply:
         self._request = request
         self._response: web.StreamResponse | None = None
         self._lock = asyncio.Lock()
-        self.chunks_sent = 0
         self.content = ""
 
     @property
@@ -98,13 +97,12 @@ class SseReply:
         async with self._lock:
             response = await self._start()
             await response.write(b"".join(encode_sse(c) for c in chunks))
-            self.chunks_sent += len(chunks)
             self.content += content_of(chunks)
 
     async def send_sse(self, data: bytes, content: str) -> None:
         """Write SSE bytes the translator already encoded (`ResponseTranslator.feed_sse`), the
         hot path of a streamed answer. `content` is the answer text so far
-        (`ResponseTranslator.content`); `chunks_sent` does not count these writes."""
+        (`ResponseTranslator.content`)."""
         if not data:
             return
         async with self._lock:
@@ -123,7 +121,6 @@ class SseReply:
         async with self._lock:
             response = await self._start()
             await response.write(b"".join(encode_sse(c) for c in chunks) + SSE_DONE)
-            self.chunks_sent += len(chunks)
             self.content += content_of(chunks)
             await response.write_eof()
             return response

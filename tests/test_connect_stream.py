@@ -103,6 +103,8 @@ def decode(data: bytes, cuts=()) -> list:
 
 
 def assert_matches(actual: dict[str, Any], expected: dict[str, Any]) -> None:
+    # `answer_error` is the translator's verdict on a cleanly decoded stream, not the decoder's.
+    expected = {k: v for k, v in expected.items() if k != "answer_error"}
     failure = expected.get("failure")
     if failure is not None:
         got = actual.pop("failure")

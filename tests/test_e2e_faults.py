@@ -423,20 +423,16 @@ async def test_slow_refresh_and_dripping_answer_arrive_whole(fake, dialect, prox
     assert finish_reasons(chunks) == ["stop"]
 
 
-async def test_empty_done_is_an_empty_answer_not_an_invented_one(fake, dialect, proxy):
-    # The translator's documented decision (fixtures/connect/done_without_content): a `done`
-    # with no text is an empty answer that finished, not an error.
+async def test_empty_done_is_a_transient_error_not_an_empty_answer(fake, dialect, proxy):
+    # fixtures/connect/done_without_content: a finished answer without any text is how Kimi's
+    # throttling can look; it is a 503 (so another account may try), never an empty "stop".
     faults(fake, Fault(kind="empty_done", match=stream_route(dialect)))
     whole = await chat(proxy, "say nothing")
-    assert whole.status_code == 200
-    assert_valid("openai.response", whole.json())
-    assert whole.json()["choices"][0]["message"]["content"] == ""
-    assert whole.json()["choices"][0]["finish_reason"] == "stop"
-    status, _, lines = await post_raw(proxy, stream_body("say nothing"))
-    assert status == 200
-    chunks = valid_chunks(data_payloads(lines))
-    assert delta_text(chunks) == ""
-    assert finish_reasons(chunks) == ["stop"]
+    assert whole.status_code == 503
+    assert error_body(whole)["code"] == "upstream_empty_answer"
+    status, _, _ = await post_raw(proxy, stream_body("say nothing"))
+    assert status == 503
+    await wait_for(lambda: fake.record.live_conversations() == [])
 
 
 async def test_connect_throttle_after_an_empty_done(fake, tmp_path):

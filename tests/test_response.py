@@ -217,12 +217,21 @@ def test_error_after_an_empty_done_can_still_fail_over():
     assert not t.started
 
 
-def test_empty_answer_closes_with_role_and_stop():
+def test_a_finished_answer_without_text_is_a_transient_error():
+    # Kimi's throttling can look like an empty `done`: never an empty "stop" answer.
     t = make([MessageId(message_id="m"), Finished()])
     t.feed(b".")
-    chunks = valid(t.close())
-    assert deltas(chunks) == [{"role": "assistant", "content": ""}, {}]
-    assert finish_of(chunks) == "stop"
+    with pytest.raises(RemoteProtocolError) as info:
+        t.close()
+    assert (info.value.status, info.value.code) == (503, "upstream_empty_answer")
+    assert not t.started
+    assert_valid("openai.error", info.value.to_openai())
+
+
+def test_a_filtered_answer_without_text_is_not_an_error():
+    t = make([ContentFiltered(message="no"), Finished()])
+    t.feed(b".")
+    assert finish_of(valid(t.close())) == "content_filter"
 
 
 # -- errors -------------------------------------------------------------------------------------

@@ -246,7 +246,8 @@ class Assembler:
         """The body ended: write the final chunks (finish, then usage if asked for).
 
         Raises:
-            RemoteProtocolError: nothing of an answer came (status 502).
+            RemoteProtocolError: nothing of an answer came (status 502), or the answer ended
+                without any text (503).
         """
         match self.state:
             case State.IDLE:
@@ -261,6 +262,17 @@ class Assembler:
                 self._finish = "stop"
             case State.CONTINUE:
                 self._finish = "length"
+        if self._finish == "stop" and not self._content and not self._reasoning:
+            # A finished answer with no text at all: Kimi's throttling looks like this on the
+            # Connect dialect (an empty `done`). Transient (503), so another account may try.
+            raise self.fail(
+                RemoteProtocolError(
+                    "Kimi ended the answer without any text (often a sign that the account is "
+                    "being throttled)",
+                    status=503,
+                    code="upstream_empty_answer",
+                )
+            )
         if self._late:
             self._citation_block()
         delta: dict[str, Any] = {}

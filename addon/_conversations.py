@@ -192,6 +192,11 @@ class ConversationKeeper:
             if found is not None and found.account_id == account.id:
                 if not self.store.is_pending(found.conversation_id):
                     return None  # already deleted: start afresh
+                latest = self.store.latest_exchange_for(found.conversation_id)
+                if latest is None or latest.key != found.key:
+                    # The conversation went on past this point: the client regenerated or
+                    # edited a later turn. Kimi's copy holds the discarded turns: start afresh.
+                    return None
                 self._hold(account.id, found.conversation_id, found.dialect)
                 return found.conversation_id, found.parent_message_id, end
         return None
@@ -318,11 +323,17 @@ class ConversationKeeper:
         self._loop_task = asyncio.get_running_loop().create_task(self._run())
 
     async def _run(self) -> None:
+        passes = 0
         while True:
             try:
                 await self.delete_due()
+                if passes % 600 == 0:
+                    # Exchanges outlive nothing: their conversation is gone after the TTL.
+                    keep = max(self.ttl, self.precreate_max_age) + 3600.0
+                    self.store.prune_exchanges(older_than=self.clock() - keep)
             except Exception as exc:
                 log.warning("cleanup pass failed: %s", type(exc).__name__)
+            passes += 1
             await asyncio.sleep(self.tick)
 
     async def shutdown(self, timeout: float = 10.0) -> None:

@@ -261,3 +261,22 @@ async def test_multi_account_history_stays_on_the_account_holding_the_conversati
         second = await sdk.chat.completions.create(model="kimi", messages=messages)
     assert second.id == first.id
     assert completion_bodies(fake)[-1]["messages"][0]["content"] == "second turn"
+
+
+async def test_regenerating_a_turn_starts_a_new_conversation(fake, proxy):
+    # Kimi's conversation already holds the answer being regenerated: continuing it would show
+    # Kimi the discarded turn, so the regenerated history is sent afresh (flattened).
+    async with client(proxy) as sdk:
+        messages: list[dict] = [{"role": "user", "content": "first"}]
+        first = await sdk.chat.completions.create(model="kimi", messages=messages)
+        messages += [
+            {"role": "assistant", "content": first.choices[0].message.content},
+            {"role": "user", "content": "second"},
+        ]
+        second = await sdk.chat.completions.create(model="kimi", messages=messages)
+        again = await sdk.chat.completions.create(model="kimi", messages=messages)
+    assert second.id == first.id
+    assert again.id != first.id
+    prompt = completion_bodies(fake)[-1]["messages"][0]["content"]
+    assert "first" in prompt
+    assert "second" in prompt

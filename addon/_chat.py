@@ -258,7 +258,6 @@ class ChatService:
                 created_here = True
             final = live.close()
             response = await reply.finish(final)
-            answer = reply.content
             # A moderation stop ends the conversation's use: it is deleted at once.
             finished = live.finish_reason != "content_filter"
             if (
@@ -270,7 +269,7 @@ class ChatService:
                     account,
                     dialect,
                     messages=resumption.full_messages if resumption else plan.messages,
-                    answer=answer,
+                    answer=live.content,
                     conversation_id=conversation_id,
                     parent_id=live.last_message_id or "",
                 )
@@ -447,7 +446,7 @@ class ChatService:
                         out = translator.feed_sse(data)
                         if out and stats.first_byte_at is None:
                             stats.first_byte_at = self.monotonic()
-                        await reply.send_sse(out, translator.content)
+                        await reply.send_sse(out)
                     else:
                         chunks = translator.feed(data)
                         if chunks and stats.first_byte_at is None:

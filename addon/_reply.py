@@ -19,7 +19,7 @@ from translator import TranslatorError
 from translator._fold import fold_completion
 from translator._sse import SSE_DONE, encode_sse, encode_sse_comment
 
-__all__ = ["JsonReply", "Reply", "SseReply", "content_of", "error_response", "json_response"]
+__all__ = ["JsonReply", "Reply", "SseReply", "error_response", "json_response"]
 
 SSE_HEADERS = {
     "content-type": "text/event-stream; charset=utf-8",
@@ -44,21 +44,7 @@ def error_response(err: TranslatorError) -> web.Response:
     return response
 
 
-def content_of(chunks: list[dict[str, Any]]) -> str:
-    """The answer text carried by `chunks` (what a client would concatenate)."""
-    parts: list[str] = []
-    for chunk in chunks:
-        for choice in chunk.get("choices") or ():
-            text = (choice.get("delta") or {}).get("content")
-            if text:
-                parts.append(text)
-    return "".join(parts)
-
-
 class Reply(Protocol):
-    #: the answer text sent so far (for continuation keys)
-    content: str
-
     @property
     def started(self) -> bool: ...
 
@@ -78,7 +64,6 @@ class SseReply:
         self._request = request
         self._response: web.StreamResponse | None = None
         self._lock = asyncio.Lock()
-        self.content = ""
 
     @property
     def started(self) -> bool:
@@ -97,18 +82,15 @@ class SseReply:
         async with self._lock:
             response = await self._start()
             await response.write(b"".join(encode_sse(c) for c in chunks))
-            self.content += content_of(chunks)
 
-    async def send_sse(self, data: bytes, content: str) -> None:
+    async def send_sse(self, data: bytes) -> None:
         """Write SSE bytes the translator already encoded (`ResponseTranslator.feed_sse`), the
-        hot path of a streamed answer. `content` is the answer text so far
-        (`ResponseTranslator.content`)."""
+        hot path of a streamed answer."""
         if not data:
             return
         async with self._lock:
             response = await self._start()
             await response.write(data)
-            self.content = content
 
     async def keepalive(self) -> None:
         # A comment line is ignored by every SSE client but resets the idle timers of proxies
@@ -121,7 +103,6 @@ class SseReply:
         async with self._lock:
             response = await self._start()
             await response.write(b"".join(encode_sse(c) for c in chunks) + SSE_DONE)
-            self.content += content_of(chunks)
             await response.write_eof()
             return response
 
@@ -142,7 +123,6 @@ class JsonReply:
         self._chunks: list[dict[str, Any]] = []
         #: the text posted to Kimi, for the usage estimate (set once the plan is known)
         self.prompt_text = prompt_text
-        self.content = ""
 
     @property
     def started(self) -> bool:
@@ -151,14 +131,12 @@ class JsonReply:
 
     async def send(self, chunks: list[dict[str, Any]]) -> None:
         self._chunks.extend(chunks)
-        self.content += content_of(chunks)
 
     async def keepalive(self) -> None:
         return None
 
     async def finish(self, chunks: list[dict[str, Any]]) -> web.StreamResponse:
         self._chunks.extend(chunks)
-        self.content += content_of(chunks)
         return json_response(fold_completion(self._chunks, prompt_text=self.prompt_text))
 
     async def fail(self, err: TranslatorError) -> web.StreamResponse:
@@ -167,4 +145,3 @@ class JsonReply:
     def reset(self) -> None:
         """Forget a failed attempt's chunks before failing over to another account."""
         self._chunks.clear()
-        self.content = ""

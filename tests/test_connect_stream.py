@@ -435,6 +435,15 @@ def test_moderation_reasons_become_content_filtered(reason):
         b'{"message": {"refs": {"searchChunks": [{"base": 1}]}}}',
         b'{"message": {"refs": {"searchChunks": [{"base": {"url": 1}}]}}}',
         b'{"message": {"role": 1}}',
+        b'{"op": "set", "mask": "block.multiStage", "block": {"multiStage": 1}}',
+        b'{"op": "set", "mask": "block.multiStage", "block": {"multiStage": {"stages": {}}}}',
+        b'{"op": "set", "mask": "block.multiStage", "block": {"multiStage": {"stages": [1]}}}',
+        b'{"op": "set", "block": {"multiStage": {"stages": [{"name": 1}]}}}',
+        b'{"op": "set", "mask": "block.tool", "block": {"tool": 1}}',
+        b'{"op": "set", "mask": "block.tool", "block": {"tool": {"contents": {}}}}',
+        b'{"op": "set", "mask": "block.tool", "block": {"tool": {"contents": [1]}}}',
+        b'{"op": "set", "block": {"tool": {"contents": [{"searchResult": 1}]}}}',
+        b'{"op": "set", "mask": "block.text", "block": {"id": "1", "text": {"flags": 1}}}',
         b'{"error": "boom"}',
         b'{"error": {"code": 1}}',
         b'{"error": {"details": {}}}',
@@ -647,3 +656,154 @@ def test_other_bytes_like_reads_decode_the_same(kind):
         Finished(),
     ]
     assert decoder.feed(kind(_delta("b"))) == [TextDelta(text="b")]
+
+
+# --- thinking sent as text, search in tool blocks, errors after text ----------------------------
+
+
+def _text(op, content, block="1", flags=None):
+    holder = {"content": content} | ({} if flags is None else {"flags": flags})
+    mask = "block.text" if op == "set" else "block.text.content"
+    return {"op": op, "mask": mask, "block": {"id": block, "text": holder}}
+
+
+def _stage(name, status):
+    block = {"id": "0", "multiStage": {"stages": [{"name": name, "status": status}]}}
+    return {"op": "set", "mask": "block.multiStage", "block": block}
+
+
+def _kinds(messages):
+    body = b"".join(encode_envelope(m) for m in messages)
+    return [(type(e).__name__, getattr(e, "text", None)) for e in decode(body)]
+
+
+def test_a_thinking_flag_sticks_to_its_block_until_it_is_flagged_answer():
+    assert _kinds(
+        [
+            _text("set", "a", flags="thinking"),
+            _text("append", "b"),
+            _text("set", "ab", flags="answer"),  # same content: nothing new
+            _text("append", "c"),
+            _text("append", "d", block="2"),
+        ]
+    ) == [("ReasoningDelta", "a"), ("ReasoningDelta", "b"), ("TextDelta", "c"), ("TextDelta", "d")]
+
+
+def test_an_open_thinking_stage_makes_unflagged_text_reasoning():
+    assert _kinds(
+        [
+            _stage("STAGE_NAME_THINKING", "STAGE_STATUS_RUNNING"),
+            _text("set", "a"),
+            _text("append", "b", flags="answer"),  # the open stage wins over the flag
+            _stage("STAGE_NAME_THINKING", "STAGE_STATUS_COMPLETED"),
+            _text("append", "c"),
+            _stage("STAGE_NAME_SEARCH", "in_progress"),  # only a first THINKING stage counts
+            _text("append", "d"),
+            {"op": "set", "block": {"id": "0", "multiStage": {"stages": []}}},
+        ]
+    ) == [
+        ("Noise", None),
+        ("ReasoningDelta", "a"),
+        ("ReasoningDelta", "b"),
+        ("Noise", None),
+        ("TextDelta", "c"),
+        ("Noise", None),
+        ("TextDelta", "d"),
+        ("Noise", None),
+    ]
+
+
+def test_the_fast_path_leaves_flagged_and_staged_text_to_the_exact_path():
+    # appends that look like plain deltas, after a flag / inside a stage, are still reasoning
+    body = b"".join(
+        encode_envelope(m)
+        for m in [
+            _text("set", "", flags="thinking"),
+            _text("append", "x"),
+            _text("append", "y", flags="thinking"),
+            _stage("STAGE_NAME_THINKING", "in_progress"),
+            _text("append", "z", block="2"),
+        ]
+    )
+    for cuts in ((), range(1, len(body))):
+        events = decode(body, cuts)
+        assert "".join(e.text for e in events if isinstance(e, ReasoningDelta)) == "xyz"
+        assert not [e for e in events if isinstance(e, TextDelta)]
+
+
+def test_search_cards_in_tool_blocks_are_results_and_the_rest_is_noise():
+    base = {"title": "T", "url": "https://a.example/1", "siteName": "a", "snippet": "s"}
+    events = decode(
+        b"".join(
+            encode_envelope(m)
+            for m in [
+                {"op": "set", "mask": "block.tool", "block": {"id": "1", "tool": {"name": "x"}}},
+                {
+                    "op": "set",
+                    "block": {
+                        "id": "1",
+                        "tool": {
+                            "name": "web_search",
+                            "contents": [
+                                {"text": "no card"},
+                                {"searchResult": {"refIndex": 1, "base": base}},
+                                {"searchResult": {"refIndex": 2, "base": {"title": "no url"}}},
+                            ],
+                        },
+                    },
+                },
+            ]
+        )
+    )
+    assert events == [
+        Noise(kind="tool"),
+        SearchResult(title="T", url="https://a.example/1", site_name="a", snippet="s"),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("code", "reason", "filtered"),
+    [
+        ("internal", "", True),
+        ("unknown", "REASON_X", True),
+        ("failed_precondition", "", True),
+        ("unauthenticated", "", False),
+        ("permission_denied", "", False),
+        ("resource_exhausted", "", False),
+        ("unavailable", "", False),
+        ("deadline_exceeded", "", False),
+        ("internal", "REASON_COMPLETION_OVERLOADED", False),
+    ],
+)
+@pytest.mark.parametrize("end", [False, True])
+def test_an_error_after_answer_text_is_a_stop_unless_auth_rate_or_overload(
+    code, reason, filtered, end
+):
+    error = {"code": code, "details": [{"debug": {"reason": reason}}]}
+    body = encode_envelope(_text("set", "partial")) + encode_envelope(
+        {"error": error}, end_stream=end
+    )
+    events = decode(body)
+    assert events[0] == TextDelta(text="partial")
+    assert isinstance(events[1], ContentFiltered if filtered else UpstreamFailure)
+
+
+@pytest.mark.parametrize(
+    "before",
+    [[], [{"op": "set", "mask": "block.think", "block": {"id": "0", "think": {"content": "r"}}}]],
+)
+def test_an_unknown_error_without_answer_text_stays_an_error(before):
+    body = b"".join(encode_envelope(m) for m in before) + encode_envelope(
+        {"error": {"code": "internal"}}, end_stream=True
+    )
+    assert isinstance(decode(body)[-1], UpstreamFailure)
+
+
+@pytest.mark.parametrize(
+    "chat_id", ["1a0a4ba7-0db2-835e-8000-09e4fa50aa86", "cnndivilnl96vah411dg"]
+)
+def test_uuid_and_legacy_chat_ids_are_valid(chat_id):
+    from translator import check_conversation_id, validate_chat_id
+
+    assert validate_chat_id(chat_id) == chat_id
+    assert check_conversation_id(chat_id, "conversation_id") == chat_id

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import re
+
 import httpx
 import pytest
+
+from translator import ReasoningDelta, SearchResult, TextDelta
+from translator._connect_stream import ConnectDecoder
 
 from fixtures.fake_kimi import (
     CONNECT_CHAT_PATH,
@@ -14,6 +19,7 @@ from fixtures.fake_kimi import (
     read_jwt_payload,
 )
 
+UUID_SHAPE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-8000-[0-9a-f]{12}")
 CONNECT_HEADERS = {"Content-Type": "application/connect+json", "connect-protocol-version": "1"}
 
 
@@ -67,7 +73,11 @@ async def test_new_chat_frames_in_order():
         payloads = [p for _, p in frames]
         assert end_of(frames) == {}
         chat_id = payloads[0]["chat"]["id"]
-        assert len(chat_id) == 20
+        # UUID-shaped and time-ordered, like 1a0a4ba7-0db2-835e-8000-09e4fa50aa86
+        assert UUID_SHAPE.fullmatch(chat_id), chat_id
+        user_id, assistant_id = payloads[1]["message"]["id"], payloads[3]["message"]["id"]
+        assert UUID_SHAPE.fullmatch(user_id) and UUID_SHAPE.fullmatch(assistant_id)
+        assert chat_id < user_id < assistant_id
         assert payloads[1]["message"]["role"] == "user"
         assert payloads[3]["message"]["role"] == "assistant"
         assert payloads[3]["message"]["status"] == "MESSAGE_STATUS_GENERATING"
@@ -189,6 +199,35 @@ async def test_thinking_and_search_frames():
         assert answer_text(frames) == "Echo: rain"
         k2 = await chat(c, auth, chat_body("deep", scenario="SCENARIO_K2_THINKING"))
         assert answer_text(k2, "think") == "Thinking about: deep"
+
+
+@pytest.mark.parametrize("thinking", ["think", "flags", "stage"])
+@pytest.mark.parametrize("search", ["refs", "tool"])
+async def test_every_form_of_thinking_and_search_decodes_the_same(thinking, search):
+    async with (
+        FakeKimi(connect_thinking=thinking, connect_search=search) as kimi,
+        httpx.AsyncClient(base_url=kimi.base_url) as c,
+    ):
+        auth = await login(c)
+        body = chat_body("rain", thinking=True, tools=[{"type": "TOOL_TYPE_SEARCH", "search": {}}])
+        r = await c.post(
+            CONNECT_CHAT_PATH, content=encode_envelope(body), headers=CONNECT_HEADERS | auth
+        )
+        payloads = [p for _, p in read_envelopes(r.content)]
+        decoder = ConnectDecoder()
+        events = decoder.feed(r.content) + decoder.close()
+    reasoning = "".join(e.text for e in events if isinstance(e, ReasoningDelta))
+    text = "".join(e.text for e in events if isinstance(e, TextDelta))
+    assert (reasoning, text) == ("Thinking about: rain", "Echo: rain")
+    assert len([e for e in events if isinstance(e, SearchResult)]) == 2
+    # each form is what it says on the wire
+    assert any("think" in p.get("block", {}) for p in payloads) == (thinking == "think")
+    flagged = [p for p in payloads if p.get("block", {}).get("text", {}).get("flags")]
+    assert bool(flagged) == (thinking == "flags")
+    assert any("multiStage" in p.get("block", {}) for p in payloads) == (thinking == "stage")
+    refs = [p for p in payloads if "refs" in p.get("message", {})]
+    assert bool(refs) == (search == "refs")
+    assert any(p.get("mask") == "block.tool.args" for p in payloads)
 
 
 async def test_files_on_the_connect_side():

@@ -5,8 +5,9 @@ Kimi reports errors two ways, both read here:
 - a non-200 answer to a call, whose body is Connect error JSON `{"code", "message", "details"}`
   (or whatever a proxy in between put there) → `connect_error(status, body)`;
 - an `error` object inside the stream (HTTP 200) or in its end-of-stream trailer →
-  `error_event(error)`: `ContentFiltered` when the reason names a moderation stop, else
-  `UpstreamFailure`.
+  `error_event(error, after_text=...)`: `ContentFiltered` when the reason names a moderation
+  stop, or when it comes after answer text and its code is not one we know to mean auth, rate
+  or overload (`STAYS_AN_ERROR`); else `UpstreamFailure`.
 
 The Connect code (with Kimi's `debug.reason` / `debug.paywall` details) decides the HTTP status
 and OpenAI error type the client sees.
@@ -34,6 +35,22 @@ __all__ = ["MODERATION_REASON_MARKERS", "connect_error"]
 #: content policy and nothing else (we deliberately leave out "RISK", which Kimi also uses for
 #: account risk control).
 MODERATION_REASON_MARKERS: Final = ("SENSITIVE", "MODERATION", "CONTENT_FILTER", "CENSOR")
+
+#: Codes (and the overload reason) that stay errors even after answer text. Any OTHER error
+#: after answer text ends the answer as a moderation stop, keeping the text: that is how the
+#: public record treats Kimi's unexplained in-stream errors (the reference client appends its
+#: "not compliant" notice to every `error` event), and the text already sent cannot be taken
+#: back. These name situations a retry or a new token can fix, so the client must see them.
+STAYS_AN_ERROR: Final = frozenset(
+    {
+        "unauthenticated",
+        "permission_denied",
+        "resource_exhausted",
+        "unavailable",
+        "deadline_exceeded",
+        "REASON_COMPLETION_OVERLOADED",
+    }
+)
 
 #: texts for humans (Unknown payloads, error bodies in messages); keep them short
 MAX_PAYLOAD_CHARS: Final = 1000
@@ -89,14 +106,18 @@ def connect_error(status: int, body: bytes) -> RemoteProtocolError:
     )
 
 
-def error_event(error: Any) -> UpstreamEvent:
-    """The event for an `error` object inside the stream (a message or the trailer).
+def error_event(error: Any, *, after_text: bool = False) -> UpstreamEvent:
+    """The event for an `error` object inside the stream (a message or the trailer);
+    `after_text`: answer text was already given.
 
     Raises:
         RemoteProtocolError: the error object itself is malformed.
     """
     read = _read_error(read_object(error, "error"))
-    if any(marker in read.reason.upper() for marker in MODERATION_REASON_MARKERS):
+    moderation = any(marker in read.reason.upper() for marker in MODERATION_REASON_MARKERS)
+    if moderation or (
+        after_text and read.code not in STAYS_AN_ERROR and read.reason not in STAYS_AN_ERROR
+    ):
         # A moderation stop ends the answer with finish_reason content_filter (see _upstream).
         return ContentFiltered(message=read.text)
     return UpstreamFailure(error=_failure(read))

@@ -7,9 +7,13 @@ JSON object, and each object is read by the keys it carries. Kimi sends incremen
 `{"op", "mask", "eventOffset", <container>}`; the container key says what changed:
 
 - `chat` {id, name}                → ConversationStarted (once per id; repeats → Noise("chat"))
-- `block` with mask `block.text[.content]`  → TextDelta
+- `block` with mask `block.text[.content]`  → TextDelta, or ReasoningDelta in the thinking
+                                              phase (below)
 - `block` with mask `block.think[.content]` → ReasoningDelta
-- `block` with mask `block.tool...`         → Noise("tool") (Kimi's own search tool progress)
+- `block` with mask `block.multiStage`      → Noise("stage"); opens or closes the thinking phase
+- `block` with mask `block.tool...`         → SearchResult per new url in the tool's
+      `contents[].searchResult` (Kimi's own `web_search` tool), else Noise("tool") (the
+      tool's name and argument fragments)
 - `block` with another mask                 → Unknown("block.<field>")
 - `message` {id, role, status, refs.searchChunks}
       → SearchResult per new url, MessageId when an id is first seen for its role,
@@ -18,6 +22,16 @@ JSON object, and each object is read by the keys it carries. Kimi sends incremen
 - `heartbeat`                      → Noise("heartbeat")
 - `error`                          → UpstreamFailure or ContentFiltered (see `_connect_errors`)
 - anything else                    → Unknown(kind=<first key other than op/mask/eventOffset>)
+
+Thinking sent as text. Besides `think` blocks, Kimi marks reasoning two ways (research notes
+§B.6): a text block whose `text.flags` is "thinking" (the flag may come only on the block's
+first update: it is remembered per block id, and a later "answer" flag clears it), and a
+`multiStage` block whose FIRST stage is `STAGE_NAME_THINKING` with a status other than
+completed — while that holds, unflagged text is reasoning; once the stage completes (or
+another stage comes first) unflagged text is answer again.
+
+An `error` after answer text whose code is not one of auth / rate / overload ends the answer as
+a moderation stop, keeping the text (see `_connect_errors.error_event`).
 
 The final envelope (flag 0x02) carries `{}` (nothing to report) or `{"error": ...}`
 (→ UpstreamFailure). Data after it is a protocol error.
@@ -90,6 +104,9 @@ _DELTA_MASKS: Final[Mapping[str, str]] = {
 }
 #: handler keys other than `block`: a message with one of them is not a plain delta
 _NOT_DELTA_KEYS: Final = frozenset({"chat", "message", "done", "heartbeat", "error"})
+#: the stage whose open state makes unflagged text reasoning, and the text flag that does
+THINKING_STAGE: Final = "STAGE_NAME_THINKING"
+THINKING_FLAG: Final = "thinking"
 #: joined into one string past this many pieces: bounded memory without quadratic copying
 _MAX_PIECES: Final = 64
 
@@ -119,6 +136,11 @@ class ConnectDecoder:
         #: (block id, "text" | "think") → the text the client has been given for that block,
         #: in pieces (appending to one string would copy the whole answer at every delta)
         self._sent: dict[tuple[str, str], list[str]] = {}
+        #: text block ids flagged "thinking"; and whether a thinking stage is open
+        self._thinking_blocks: set[str] = set()
+        self._thinking_stage = False
+        #: answer text was given (an unknown error after it is a moderation stop)
+        self._answered = False
         self.rewrites = 0
 
     def feed(self, data: bytes) -> list[UpstreamEvent]:
@@ -199,12 +221,20 @@ class ConnectDecoder:
                 or type(holder := block.get(field)) is not dict
                 or type(delta := holder.get("content")) is not str
                 or not delta
+                or "flags" in holder
             ):
                 break
             self._record((block_id, field), delta)
-            events.append(TextDelta(text=delta) if field == "text" else ReasoningDelta(text=delta))
+            events.append(self._delta(field, block_id, delta))
             start = end
         return events, start
+
+    def _delta(self, field: str, block_id: str, delta: str) -> UpstreamEvent:
+        """The event for new `field` ("text" or "think") content of block `block_id`."""
+        if field == "text" and not (self._thinking_stage or block_id in self._thinking_blocks):
+            self._answered = True
+            return TextDelta(text=delta)
+        return ReasoningDelta(text=delta)
 
     def _record(self, key: tuple[str, str], delta: str) -> None:
         pieces = self._sent.get(key)
@@ -226,7 +256,7 @@ class ConnectDecoder:
         if envelope.end_stream:
             self._ended = True
             error = obj.get("error")
-            return [] if error is None else [error_event(error)]
+            return [] if error is None else [error_event(error, after_text=self._answered)]
         events: list[UpstreamEvent] = []
         handled = False
         for key, handler in _HANDLERS:
@@ -261,7 +291,9 @@ class ConnectDecoder:
                     op, read_string(block, "id", "block"), field, block.get(field)
                 )
             elif field == "tool":
-                events.append(Noise(kind="tool"))
+                events += self._tool(block.get("tool"))
+            elif field == "multiStage":
+                events.append(self._stages(block.get("multiStage")))
             else:
                 events.append(Unknown(kind=f"block.{field}", payload=_dump(obj)))
         return events
@@ -269,6 +301,11 @@ class ConnectDecoder:
     def _content(self, op: str, block_id: str, field: str, value: Any) -> list[UpstreamEvent]:
         holder = read_object(present(value, {}), f"block.{field}")
         content = read_string(holder, "content", f"block.{field}")
+        if field == "text" and "flags" in holder:
+            if read_string(holder, "flags", "block.text") == THINKING_FLAG:
+                self._thinking_blocks.add(block_id)
+            else:
+                self._thinking_blocks.discard(block_id)
         key = (block_id, field)
         if op == "append":
             delta = content
@@ -280,7 +317,32 @@ class ConnectDecoder:
         if not delta:
             return []
         self._record(key, delta)
-        return [TextDelta(text=delta) if field == "text" else ReasoningDelta(text=delta)]
+        return [self._delta(field, block_id, delta)]
+
+    def _stages(self, value: Any) -> UpstreamEvent:
+        stages = present(read_object(present(value, {}), "block.multiStage").get("stages"), [])
+        if not isinstance(stages, list):
+            raise malformed("block.multiStage.stages")
+        first = read_object(stages[0], "block.multiStage.stages[]") if stages else {}
+        where = "block.multiStage.stages[]"
+        self._thinking_stage = (
+            read_string(first, "name", where) == THINKING_STAGE
+            and "completed" not in read_string(first, "status", where).lower()
+        )
+        return Noise(kind="stage")
+
+    def _tool(self, value: Any) -> list[UpstreamEvent]:
+        """A tool block update: search cards in `contents[].searchResult` become results; the
+        name and the argument fragments (`mask: block.tool.args`) are noise."""
+        contents = present(read_object(present(value, {}), "block.tool").get("contents"), [])
+        if not isinstance(contents, list):
+            raise malformed("block.tool.contents")
+        cards = [
+            card
+            for item in contents
+            if (card := read_object(item, "block.tool.contents[]").get("searchResult")) is not None
+        ]
+        return self._cards(cards, "block.tool.contents[].searchResult") or [Noise(kind="tool")]
 
     def _message(self, message: Any, obj: Mapping[str, Any]) -> list[UpstreamEvent]:
         message = read_object(message, "message")
@@ -307,14 +369,19 @@ class ConnectDecoder:
         chunks = present(read_object(refs, "message.refs").get("searchChunks"), [])
         if not isinstance(chunks, list):
             raise malformed("message.refs.searchChunks")
-        events: list[UpstreamEvent] = []
-        for chunk in chunks:
-            chunk = read_object(chunk, "searchChunks[]")
+        holders = [
             # the page documents {"base": ...}; tool blocks wrap the same card in "searchResult"
-            holder = read_object(
-                present(chunk.get("searchResult"), chunk), "searchChunks[].searchResult"
-            )
-            base = read_object(present(holder.get("base"), {}), where := "searchChunks[].base")
+            present(read_object(chunk, "searchChunks[]").get("searchResult"), chunk)
+            for chunk in chunks
+        ]
+        return self._cards(holders, "searchChunks[].searchResult")
+
+    def _cards(self, holders: list[Any], where_holder: str) -> list[UpstreamEvent]:
+        """SearchResult for each card `{base: {title, url, siteName, snippet}}` with a new url."""
+        events: list[UpstreamEvent] = []
+        for holder in holders:
+            holder = read_object(holder, where_holder)
+            base = read_object(present(holder.get("base"), {}), where := f"{where_holder}.base")
             url = read_string(base, "url", where)
             if url and url not in self._urls:
                 self._urls.add(url)
@@ -345,7 +412,7 @@ _HANDLERS: Final[tuple[tuple[str, _Handler], ...]] = (
     ("message", ConnectDecoder._message),
     ("done", lambda self, _done, _obj: self._finish() or [Noise(kind="done")]),
     ("heartbeat", lambda _self, _beat, _obj: [Noise(kind="heartbeat")]),
-    ("error", lambda _self, error, _obj: [error_event(error)]),
+    ("error", lambda self, error, _obj: [error_event(error, after_text=self._answered)]),
 )
 
 
@@ -373,7 +440,7 @@ def _masked_fields(mask: Any, block: Mapping[str, Any]) -> list[str]:
         parts = path.strip().split(".")
         if parts[0] != "block":
             continue
-        named = parts[1:2] or [f for f in ("text", "think", "tool") if f in block]
+        named = parts[1:2] or [f for f in ("text", "think", "tool", "multiStage") if f in block]
         fields += [f for f in named if f not in fields]
     return fields
 

@@ -7,9 +7,6 @@ import re
 import httpx
 import pytest
 
-from translator import ReasoningDelta, SearchResult, TextDelta
-from translator._connect_stream import ConnectDecoder
-
 from fixtures.fake_kimi import (
     CONNECT_CHAT_PATH,
     FakeKimi,
@@ -18,6 +15,8 @@ from fixtures.fake_kimi import (
     read_envelopes,
     read_jwt_payload,
 )
+from translator import ReasoningDelta, SearchResult, TextDelta
+from translator._connect_stream import ConnectDecoder
 
 UUID_SHAPE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-8000-[0-9a-f]{12}")
 CONNECT_HEADERS = {"Content-Type": "application/connect+json", "connect-protocol-version": "1"}
@@ -76,7 +75,8 @@ async def test_new_chat_frames_in_order():
         # UUID-shaped and time-ordered, like 1a0a4ba7-0db2-835e-8000-09e4fa50aa86
         assert UUID_SHAPE.fullmatch(chat_id), chat_id
         user_id, assistant_id = payloads[1]["message"]["id"], payloads[3]["message"]["id"]
-        assert UUID_SHAPE.fullmatch(user_id) and UUID_SHAPE.fullmatch(assistant_id)
+        assert UUID_SHAPE.fullmatch(user_id)
+        assert UUID_SHAPE.fullmatch(assistant_id)
         assert chat_id < user_id < assistant_id
         assert payloads[1]["message"]["role"] == "user"
         assert payloads[3]["message"]["role"] == "assistant"

@@ -357,6 +357,32 @@ class AccountPool:
     def in_flight(self, account_id: str) -> int:
         return self._in_flight.get(account_id, 0)
 
+    def total_in_flight(self) -> int:
+        """Requests this process serves with some account right now (open upstream replies)."""
+        return sum(self._in_flight.values())
+
+    def health_counts(self) -> dict[str, int]:
+        """Accounts by effective health (a cooling account whose rest is over counts as ok)."""
+        now = self._clock()
+        counts: dict[str, int] = {}
+        for view in self.store.list_accounts():
+            health = view.health
+            if health == "cooling" and (view.cooling_until or 0.0) <= now:
+                health = "ok"
+            counts[health] = counts.get(health, 0) + 1
+        return counts
+
+    def usable_count(self, *, source: str = "config") -> int:
+        """Accounts of `source` that a request could use now (neither dead nor cooling)."""
+        now = self._clock()
+        return sum(
+            1
+            for view in self.store.list_accounts()
+            if view.source == source
+            and view.health != "dead"
+            and (view.cooling_until or 0.0) <= now
+        )
+
     def choose(self, ids: Sequence[str], exclude: set[str], prefer: str | None = None) -> Account:
         """Take a slot on the best usable account now, or raise why none is usable.
 

@@ -11,7 +11,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
@@ -22,6 +22,7 @@ from translator._models import model_list
 from ._accounts import AccessDenied, AccountPool, AuthFailed, TransientFailure
 from ._chat import ChatService, ChatStats
 from ._kimi import call_counter
+from ._metrics import Metrics, RequestRecord, endpoint_of
 from ._reply import JsonReply, Reply, SseReply, error_response, json_response
 
 __all__ = ["RELAY_SECRET_HEADER", "build_app"]
@@ -60,7 +61,12 @@ def build_app(
     chat: ChatService,
     pool: AccountPool,
     wall_clock: Callable[[], float],
+    metrics: Metrics | None = None,
+    routes: Sequence[Callable[[web.Application], None]] = (),
 ) -> web.Application:
+    """The relay app. `routes` add more routes (before the catch-all 404); `metrics` is fed
+    one `RequestRecord` per request."""
+
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         given = request.headers.get(RELAY_SECRET_HEADER, "")
@@ -95,25 +101,23 @@ def build_app(
         if not response.prepared:
             response.headers.update(CORS_HEADERS)
         stats.upstream_calls = counter[0]
-        ttfb = (
-            f"{(stats.first_byte_at - started) * 1000:.0f}ms"
-            if stats.first_byte_at is not None
-            else "-"
+        record = RequestRecord(
+            method=request.method,
+            path=request.path,
+            endpoint=endpoint_of(request),
+            status=stats.status if request.path.endswith("/completions") else response.status,
+            model=stats.model,
+            dialect=stats.dialect,
+            account=stats.account_index,
+            ttfb=None if stats.first_byte_at is None else stats.first_byte_at - started,
+            duration=time.monotonic() - started,
+            upstream_calls=stats.upstream_calls,
+            failovers=stats.failovers,
         )
-        log.info(
-            "%s %s status=%s model=%s dialect=%s account=%s ttfb=%s duration=%.0fms "
-            "upstream_calls=%d failovers=%d",
-            request.method,
-            request.path,
-            stats.status if request.path.endswith("/completions") else response.status,
-            stats.model,
-            stats.dialect,
-            "-" if stats.account_index is None else stats.account_index,
-            ttfb,
-            (time.monotonic() - started) * 1000,
-            stats.upstream_calls,
-            stats.failovers,
-        )
+        # `request_fields` is what `--log-format json` writes (see addon/_logging.py).
+        log.info("%s", record.text(), extra={"request_fields": record.fields()})
+        if metrics is not None:
+            metrics.observe(record)
         return response
 
     async def chat_completions(request: web.Request) -> web.StreamResponse:
@@ -186,5 +190,7 @@ def build_app(
     app.router.add_get("/v1/accounts", accounts)
     app.router.add_post("/token/check", token_check)
     app.router.add_get("/ping", ping)
+    for add_routes in routes:
+        add_routes(app)
     app.router.add_route("*", "/{tail:.*}", not_found)
     return app

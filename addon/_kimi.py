@@ -13,14 +13,20 @@ import functools
 import secrets
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
 from translator import KimiCall, RemoteProtocolError
 from translator._jwt import JwtClaims, decode_jwt_claims
 
-__all__ = ["KimiClient", "SessionIdentity", "call_counter", "map_transport_errors"]
+__all__ = [
+    "KimiClient",
+    "SessionIdentity",
+    "UpstreamObserver",
+    "call_counter",
+    "map_transport_errors",
+]
 
 #: the upstream calls made on behalf of the current request (set by the relay per request), so
 #: the log line and the benchmark can report calls per completion
@@ -47,6 +53,14 @@ USER_AGENT = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
     "Chrome/131.0.0.0 Safari/537.36"
 )
+
+
+class UpstreamObserver(Protocol):
+    """Told about every Kimi call and every failed one (the metrics implement it)."""
+
+    def upstream_call(self, *, streaming: bool) -> None: ...
+
+    def upstream_error(self, kind: str | None) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +111,8 @@ class KimiClient:
         self.timezone = timezone
         #: upstream calls made by this process
         self.calls = 0
+        #: counts calls and errors for /metrics (set by the runtime)
+        self.observer: UpstreamObserver | None = None
 
     def headers(
         self,
@@ -156,8 +172,20 @@ class KimiClient:
         )
         self.calls += 1
         _count()
-        with map_transport_errors(f"{call.method} {call.path}"):
-            return await self.client.send(request)
+        observer = self.observer
+        if observer is None:
+            with map_transport_errors(f"{call.method} {call.path}"):
+                return await self.client.send(request)
+        observer.upstream_call(streaming=False)
+        try:
+            with map_transport_errors(f"{call.method} {call.path}"):
+                response = await self.client.send(request)
+        except RemoteProtocolError as exc:
+            observer.upstream_error(exc.code)
+            raise
+        if response.status_code >= 400:
+            observer.upstream_error(f"http_{response.status_code}")
+        return response
 
     @contextlib.asynccontextmanager
     async def stream(
@@ -175,9 +203,23 @@ class KimiClient:
         request = self._request(call, headers)
         self.calls += 1
         _count()
-        with map_transport_errors(f"{call.method} {call.path}"):
-            response = await self.client.send(request, stream=True)
+        observer = self.observer
+        if observer is not None:
+            observer.upstream_call(streaming=True)
+        try:
+            with map_transport_errors(f"{call.method} {call.path}"):
+                response = await self.client.send(request, stream=True)
+        except RemoteProtocolError as exc:
+            if observer is not None:
+                observer.upstream_error(exc.code)
+            raise
         try:
             yield response
+        except RemoteProtocolError as exc:
+            # Whatever went wrong with this answer surfaces here: Kimi's error status or body,
+            # an error event in the stream, a broken or stalled connection.
+            if observer is not None:
+                observer.upstream_error(exc.code)
+            raise
         finally:
             await response.aclose()

@@ -28,6 +28,7 @@ from ._conversations import ConversationKeeper
 from ._dialects import Dialect, choose_dialect
 from ._fetch import Fetcher, FetchPolicy, make_fetch_client
 from ._kimi import KimiClient
+from ._metrics import Metrics, add_health_routes
 from ._refresh import refresh_grant
 from ._store import Account, Store
 from ._upload import Uploader
@@ -69,6 +70,10 @@ class Runtime:
         self.fetch_client: httpx.AsyncClient | None = None
         self.keeper: ConversationKeeper | None = None
         self.store: Store | None = None
+        self.pool: AccountPool | None = None
+        self.metrics = Metrics()
+        #: the config in force (replaced by a reload)
+        self.config = settings.config
 
     async def start(self) -> str:
         s = self.settings
@@ -85,6 +90,7 @@ class Runtime:
             http2=True,
         )
         kimi = KimiClient(self.client, s.kimi_base_url)
+        kimi.observer = self.metrics
         self.store = store = Store(os.path.expanduser(s.store_path))
 
         async def refresh(refresh_token: str) -> TokenGrant:
@@ -97,6 +103,8 @@ class Runtime:
             max_concurrency=s.max_account_concurrency,
             cooldown=s.account_cooldown,
         )
+        self.pool = pool
+        self.metrics.watch(pool)
         pool.apply_config(s.config)
         for warning in s.config.warnings:
             log.warning("config: %s", warning)
@@ -143,7 +151,21 @@ class Runtime:
             wall_clock=time.time,
             monotonic=time.monotonic,
         )
-        app = build_app(secret=self.secret, chat=chat, pool=pool, wall_clock=time.time)
+        app = build_app(
+            secret=self.secret,
+            chat=chat,
+            pool=pool,
+            wall_clock=time.time,
+            metrics=self.metrics,
+            routes=[
+                lambda app: add_health_routes(
+                    app,
+                    metrics=self.metrics,
+                    pool=pool,
+                    accounts_configured=lambda: bool(self.config.accounts),
+                )
+            ],
+        )
         # handler_cancellation: a client that hangs up cancels its handler, which stops the
         # Kimi stream at once and hands the conversation to the keeper for deletion.
         self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)

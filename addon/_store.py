@@ -138,6 +138,15 @@ class Store(QueueMethods):
     def schema_version(self) -> int:
         return int(self._read("PRAGMA user_version")[0][0])
 
+    def check_writable(self) -> None:
+        """Take the write lock and commit a no-op (for `/readyz`).
+
+        Raises:
+            sqlite3.Error: the file cannot be written (read-only, disk full, locked too long).
+        """
+        with self._write() as db:
+            db.execute("UPDATE meta SET value = value WHERE key = 'salt'")
+
     def close(self) -> None:
         """Close the connection (idempotent)."""
         with self._lock:

@@ -136,6 +136,10 @@ class QueueMethods(SqliteBase):
                 (now + backoff, redact(error)[:500], conversation_id),
             )
 
+    def pending_deletion_count(self) -> int:
+        """How many conversations are queued for deletion (for `/metrics`)."""
+        return int(self._read("SELECT COUNT(*) FROM pending_deletions")[0][0])
+
     def is_pending(self, conversation_id: str) -> bool:
         """True while the conversation is ours and not yet deleted (it is queued)."""
         rows = self._read(

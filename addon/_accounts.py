@@ -9,16 +9,22 @@ key (`sk-...`) naming configured accounts. `acquire(accounts)` leases the least-
 within `refresh_margin`.
 
 A refresh ROTATES the refresh token (single holder), so:
-- one refresh per account at a time (single flight): concurrent callers await the same task;
+- one refresh per account at a time in this process (single flight): concurrent callers await
+  the same task;
+- and one at a time across processes sharing the store: the task holds the account's refresh
+  lock in the store (`Store.refresh_lock`) and re-reads the account once it has it, so a
+  refresh another process just made is used instead of repeated;
 - the task runs detached from its callers (`asyncio.shield`), so a client hanging up mid-refresh
   cannot cancel it between Kimi rotating the token and the store recording the rotation;
-- the rotation is committed to the store BEFORE the access token is returned;
-- the store is re-read before and after a refresh, so a rotation made by another process
-  sharing the store is picked up instead of refreshing with a token that is already dead.
+- the rotation is committed to the store as the first thing after Kimi's answer (nothing is
+  awaited in between) and BEFORE the access token is returned;
+- each refresh token is sent to Kimi once: a refused token that the store meanwhile replaced
+  (a process that did not wait for the lock) means "re-read and use the new one", not "dead";
+  a rotated-out token is never sent again.
 
 Health: `ok`; `cooling` until `cooling_until` (Retry-After, else `cooldown`) after a rate limit;
-`dead` when the refresh token is rejected after one refresh attempt (current token, then the
-previous one as fallback). A dead account is skipped, never refreshed again, and stays dead until
+`dead` when Kimi refuses the account's current refresh token. A dead account is skipped, never
+refreshed again, and stays dead until
 its token changes: a configured account revives when its configured value changes
 (`Store.upsert_config_account`); a client logs in again and sends the new token, which becomes a
 new account (the dead row stays for `/v1/accounts` until deleted).
@@ -33,6 +39,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
+import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -133,6 +142,7 @@ class AccountPool:
         busy_wait: float = 2.0,
         require_key: bool = False,
         admin_key: str | None = None,
+        refresh_lock_ttl: float = 30.0,
     ) -> None:
         self.store = store
         self._refresh_fn = refresh
@@ -146,6 +156,12 @@ class AccountPool:
         self._admin_hash = None if admin_key is None else hash_key(admin_key)
         self._in_flight: dict[str, int] = {}
         self._refreshing: dict[str, asyncio.Task[str]] = {}
+        #: who holds a refresh lock taken by this pool (unique per process and pool)
+        self.lock_owner = f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(4)}"
+        #: seconds a refresh lock lasts without renewal (a crashed holder's frees itself)
+        self.refresh_lock_ttl = refresh_lock_ttl
+        #: accounts rotated here whose retired token waits for the new one to work once
+        self._unconfirmed: set[str] = set()
         self._freed: asyncio.Event | None = None
 
     # -- configuration and credentials ------------------------------------------------------
@@ -251,31 +267,37 @@ class AccountPool:
         return done
 
     async def _refresh(self, account_id: str) -> str:
-        tried: list[str] = []
-        while len(tried) < 3:
+        async with self.store.refresh_lock(
+            account_id, owner=self.lock_owner, ttl=self.refresh_lock_ttl, clock=self._clock
+        ):
+            return await self._refresh_locked(account_id)
+
+    async def _refresh_locked(self, account_id: str) -> str:
+        sent: set[str] = set()
+        while True:
             account = self.store.get_account(account_id)
             if account is None:
                 raise KeyError(account_id)
+            if account.health == "dead":  # another process found it dead meanwhile
+                raise AuthFailed("the account's refresh token was rejected by Kimi earlier")
             if self._fresh(account, self._clock()):  # another process refreshed meanwhile
                 assert account.access_token is not None
                 return account.access_token
-            # The current token first; the previous one as a fallback while it is unknown
-            # whether a rotated-out token stays valid on the legacy service.
-            token = next(
-                (
-                    t
-                    for t in (account.refresh_token, account.previous_refresh_token)
-                    if t is not None and t not in tried
-                ),
-                None,
-            )
-            if token is None:
-                break
-            tried.append(token)
+            token = account.refresh_token
+            if token in sent:
+                break  # cannot happen while the store only moves forward; never send twice
+            sent.add(token)
             try:
                 grant = await self._refresh_fn(token)
             except AuthFailed:
-                continue
+                # Refused: dead, unless the store holds a newer token by now (a process that
+                # refreshed without the lock); then that one is the account's token.
+                latest = self.store.get_account(account_id)
+                if latest is not None and latest.refresh_token != token:
+                    continue
+                break
+            # The first thing after Kimi's answer, with nothing awaited in between: Kimi has
+            # rotated the token, and only this commit keeps the new one across a crash.
             now = self._clock()
             self.store.record_rotation(
                 account_id,
@@ -284,10 +306,19 @@ class AccountPool:
                 access_expires_at=self._expiry(grant, now),
                 now=now,
             )
+            if grant.refresh_token is not None and grant.refresh_token != token:
+                self._unconfirmed.add(account_id)
             return grant.access_token
         error = "Kimi rejected the refresh token: log in again and send the new token"
         self.store.set_health(account_id, "dead", now=self._clock(), error=error, failure=True)
         raise AuthFailed(error)
+
+    def confirm(self, account: Account) -> None:
+        """A request on `account` succeeded: a refresh token this pool retired can go now
+        (its successor has worked)."""
+        if account.id in self._unconfirmed:
+            self._unconfirmed.discard(account.id)
+            self.store.confirm_rotation(account.id)
 
     def _expiry(self, grant: TokenGrant, now: float) -> float:
         if grant.expires_at is not None:

@@ -313,12 +313,17 @@ class ChatService:
         legacy tokens carry no expiry, and Kimi may end a session early) refresh once and run it
         again, before the account is blamed. Returns the result and the token in use."""
         try:
-            return await action(token), token
+            result = await action(token)
         except TranslatorError as err:
             if err.status != 401 or not retry_allowed():
                 raise
+        else:
+            self.pool.confirm(account)  # the account's tokens work: a retired one can go
+            return result, token
         token = await self._token(account, refused=token)
-        return await action(token), token
+        result = await action(token)
+        self.pool.confirm(account)
+        return result, token
 
     def _resumption(self, plan: ChatPlan, account: Account) -> Resumption | None:
         if plan.conversation_id:

@@ -88,6 +88,13 @@ class ConversationKeeper:
         self._refilling: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
+        #: a cleanup pass is running in this process / one was asked for meanwhile
+        self._passing = False
+        self._kicked = False
+        #: who claims due deletions in the store (the pool's id: unique per process)
+        self.claimer = pool.lock_owner
+        #: seconds a claim on a due deletion lasts (a crashed claimer's rows come back)
+        self.claim_ttl = 120.0
         self.deleted = 0
         self.delete_failures = 0
 
@@ -251,7 +258,7 @@ class ConversationKeeper:
             account.id, conversation_id, dialect=dialect.name, due_at=self.clock() + delay
         )
         if delay <= 0:
-            self._spawn(self.delete_due())
+            self._kick()
 
     def _hold(self, account_id: str, conversation_id: str, dialect: str | None) -> None:
         """Mark a conversation ours and in use: its deletion is pushed out while a reply runs,
@@ -263,11 +270,30 @@ class ConversationKeeper:
             due_at=self.clock() + max(self.ttl, self.precreate_max_age),
         )
 
+    def _kick(self) -> None:
+        """Ask for a cleanup pass: start one, or let the running one go round once more.
+        At most one pass runs per process: with `--conversation-ttl 0` every finished reply
+        asks for one, and overlapping passes would pile up DELETEs."""
+        self._kicked = True
+        if not self._passing:
+            self._spawn(self._pass())
+
+    async def _pass(self) -> None:
+        if self._passing:
+            return
+        self._passing = True
+        try:
+            while self._kicked:
+                self._kicked = False
+                await self.delete_due()
+        finally:
+            self._passing = False
+
     async def delete_due(self, *, everything: bool = False) -> None:
         """Delete every conversation whose time has come (all of them with `everything`), up
-        to 16 at a time. A failed deletion is rescheduled with backoff and not retried within
-        the same pass."""
-        now = float("inf") if everything else self.clock()
+        to 16 at a time. Each is claimed in the store before its DELETE, so no other pass or
+        process sharing the store deletes it too. A failed deletion is rescheduled with
+        backoff and not retried within the same pass."""
         tried: set[str] = set()
         slots = asyncio.Semaphore(16)
 
@@ -280,7 +306,13 @@ class ConversationKeeper:
         while True:
             batch = [
                 p
-                for p in self.store.due_deletions(now, limit=200)
+                for p in self.store.claim_due_deletions(
+                    self.clock(),
+                    owner=self.claimer,
+                    claim_ttl=self.claim_ttl,
+                    due_by=float("inf") if everything else None,
+                    limit=200,
+                )
                 if p.conversation_id not in tried
             ]
             if not batch:
@@ -326,7 +358,8 @@ class ConversationKeeper:
         passes = 0
         while True:
             try:
-                await self.delete_due()
+                self._kicked = True
+                await self._pass()
                 if passes % 600 == 0:
                     # Exchanges outlive nothing: their conversation is gone after the TTL.
                     keep = max(self.ttl, self.precreate_max_age) + 3600.0

@@ -9,7 +9,9 @@ fingerprint of that token.
 
 Several processes may share one file: WAL mode, a busy timeout, and short `BEGIN IMMEDIATE`
 transactions (no I/O while a transaction is open). Calls are synchronous and cheap (primary-key
-lookups and single-row updates); the addon calls them from the event loop directly.
+lookups and single-row updates); the addon calls them from the event loop directly. A refresh
+runs under the account's refresh lock (`_store_locks.py`), so processes never refresh the same
+account at once.
 Token rotations commit with `synchronous=FULL` (losing one on power loss would kill the
 account); every other write uses NORMAL, which in WAL mode does not fsync at each commit.
 """
@@ -27,6 +29,7 @@ from pathlib import Path
 from typing import cast
 
 from ._secrets import constant_time_equal, fingerprint, hash_key, new_salt, redact
+from ._store_locks import LockMethods
 from ._store_queues import QueueMethods
 from ._store_records import (
     ACCOUNT_COLUMNS,
@@ -75,7 +78,7 @@ def new_account_id() -> str:
     return "acc_" + secrets.token_hex(6)
 
 
-class Store(QueueMethods):
+class Store(QueueMethods, LockMethods):
     """The SQLite account store. One instance per process; several processes may share a file.
 
     Raises:
@@ -299,10 +302,12 @@ class Store(QueueMethods):
         access_expires_at: float,
         now: float,
     ) -> Account:
-        """Commit a refresh's outcome. Call BEFORE using `access_token`.
+        """Commit a refresh's outcome. Call BEFORE using `access_token`, and before anything
+        else that could yield: this commit is what survives a crash.
 
-        `refresh_token` None means the service did not rotate it. The replaced token is kept
-        as `previous_refresh_token`.
+        `refresh_token` None means the service did not rotate it. The replaced (retired) token
+        is kept as `previous_refresh_token` only until `confirm_rotation` says its successor
+        worked; it is never sent to Kimi again (Kimi rotated it).
         """
         with self._write(durable=True) as db:
             current = self._get(db, account_id)
@@ -319,6 +324,15 @@ class Store(QueueMethods):
                 (access_token, access_expires_at, now, account_id),
             )
             return self._get(db, account_id)
+
+    def confirm_rotation(self, account_id: str) -> None:
+        """The account's current tokens worked once: erase the retired refresh token."""
+        with self._write() as db:
+            db.execute(
+                "UPDATE accounts SET previous_refresh_token = NULL"
+                " WHERE id = ? AND previous_refresh_token IS NOT NULL",
+                (account_id,),
+            )
 
     def clear_access(self, account_id: str, *, only_if: str | None = None) -> None:
         """Forget the cached access token (only if it is still `only_if`, when given, so a

@@ -119,6 +119,33 @@ class QueueMethods(SqliteBase):
         )
         return [PendingDeletion(**dict(row)) for row in rows]
 
+    def claim_due_deletions(
+        self,
+        now: float,
+        *,
+        owner: str,
+        claim_ttl: float,
+        due_by: float | None = None,
+        limit: int = 50,
+    ) -> list[PendingDeletion]:
+        """Claim up to `limit` due deletions for `owner` until `now + claim_ttl`, earliest
+        first, and return them. A row claimed by someone else is skipped until its claim runs
+        out (its holder crashed), so overlapping passes and processes never delete one
+        conversation twice. `owner`'s own claims are taken again (a pass cut short by shutdown).
+        `due_by`: the horizon (default `now`; shutdown passes infinity)."""
+        with self._write() as db:
+            rows = db.execute(
+                "UPDATE pending_deletions SET claimed_by = ?, claimed_until = ?"
+                " WHERE conversation_id IN (SELECT conversation_id FROM pending_deletions"
+                "  WHERE due_at <= ?"
+                "  AND (claimed_until IS NULL OR claimed_until <= ? OR claimed_by = ?)"
+                "  ORDER BY due_at LIMIT ?)"
+                " RETURNING account_id, conversation_id, dialect, due_at, attempts, last_error",
+                (owner, now + claim_ttl, now if due_by is None else due_by, now, owner, limit),
+            ).fetchall()
+        found = [PendingDeletion(**dict(row)) for row in rows]
+        return sorted(found, key=lambda p: (p.due_at, p.conversation_id))
+
     def mark_deleted(self, conversation_id: str) -> None:
         """The conversation is gone (or given up on): drop it from the queue."""
         with self._write() as db:
@@ -132,7 +159,8 @@ class QueueMethods(SqliteBase):
         with self._write() as db:
             db.execute(
                 "UPDATE pending_deletions SET due_at = ?, attempts = attempts + 1,"
-                " last_error = ? WHERE conversation_id = ?",
+                " last_error = ?, claimed_by = NULL, claimed_until = NULL"
+                " WHERE conversation_id = ?",
                 (now + backoff, redact(error)[:500], conversation_id),
             )
 

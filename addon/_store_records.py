@@ -88,6 +88,16 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX pending_deletions_due ON pending_deletions (due_at)
     """,
+    # 3: the cross-process refresh lock, and claims on due deletions (one deleter each).
+    """
+    CREATE TABLE refresh_locks (
+        account_id TEXT PRIMARY KEY REFERENCES accounts (id) ON DELETE CASCADE,
+        owner TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    );
+    ALTER TABLE pending_deletions ADD COLUMN claimed_by TEXT;
+    ALTER TABLE pending_deletions ADD COLUMN claimed_until REAL
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -131,8 +141,8 @@ class Account:
 
     view: AccountView
     refresh_token: str = field(repr=False)
-    #: the refresh token used before the last rotation: a fallback while it is unknown whether
-    #: the legacy service keeps it alive (see the protocol notes)
+    #: the refresh token retired by the last rotation, kept only until the new tokens have
+    #: worked once (`Store.confirm_rotation`); never sent to Kimi again
     previous_refresh_token: str | None = field(repr=False, default=None)
     access_token: str | None = field(repr=False, default=None)
 

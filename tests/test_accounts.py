@@ -269,15 +269,27 @@ async def test_dead_after_auth_failure_and_not_retried(store, kimi, clock):
     assert (info.value.status, info.value.code) == (401, "account_dead")
 
 
-async def test_previous_token_is_the_fallback(store, kimi, clock):
+async def test_a_retired_token_is_never_sent_again(store, kimi, clock):
     pool = make_pool(store, kimi, clock)
     [account] = pool.resolve(kimi.issue("T1"))
-    await pool.access_token(account)  # current T1#1, previous T1
-    kimi.valid = {"T1"}  # the service kept the old one and lost the new one
+    await pool.access_token(account)  # current T1#1, T1 retired
+    kimi.valid = {"T1"}  # even if the service kept the old one alive and lost the new one
     pool.invalidate_access(account)
+    with pytest.raises(AuthFailed):
+        await pool.access_token(account)
+    assert kimi.calls == ["T1", "T1#1"]  # T1 was rotated by Kimi: it is not tried again
+    assert store.get_account(account.id).health == "dead"
+
+
+async def test_a_retired_token_is_erased_once_its_successor_worked(store, kimi, clock):
+    pool = make_pool(store, kimi, clock)
+    [account] = pool.resolve(kimi.issue("T1"))
     await pool.access_token(account)
-    assert kimi.calls == ["T1", "T1#1", "T1"]
-    assert store.get_account(account.id).health == "ok"
+    assert store.get_account(account.id).previous_refresh_token == "T1"
+    pool.confirm(account)  # a Kimi call with the new access token worked
+    stored = store.get_account(account.id)
+    assert (stored.refresh_token, stored.previous_refresh_token) == ("T1#1", None)
+    assert pool.resolve("T1") == [stored]  # the original still finds its account
 
 
 async def test_rotation_by_another_process_is_picked_up(store, kimi, clock):
@@ -442,3 +454,30 @@ def test_describe_and_counters_have_no_tokens(store, kimi, clock):
     assert "secret-refresh-token-value" not in json.dumps(pool.describe())
     pool.mark_ok(a)
     assert store.get_account(a.id).health == "ok"
+
+
+async def test_a_rotation_is_committed_before_the_loop_runs_anything_else(tmp_path, clock):
+    """A SIGKILL can land between any two turns of the event loop: the first turn after Kimi's
+    answer already finds the new token committed in the file (read by another connection)."""
+    path = tmp_path / "crash.db"
+    store = Store(path)
+    witness = Store(path)
+    seen: list[str] = []
+    try:
+        [account] = AccountPool(store, refresh=None, clock=clock).resolve("T1")  # type: ignore[arg-type]
+
+        def next_turn() -> None:
+            seen.append(witness.get_account(account.id).refresh_token)
+
+        async def refresh(token: str) -> TokenGrant:
+            await asyncio.sleep(0)
+            # Kimi has answered: the next loop turn may be the last one this process gets.
+            asyncio.get_running_loop().call_soon(next_turn)
+            return TokenGrant(access_token="a1", refresh_token="T2", expires_at=clock.now + 600)
+
+        pool = AccountPool(store, refresh=refresh, clock=clock)
+        assert await pool.access_token(account) == "a1"
+        assert seen == ["T2"]
+    finally:
+        store.close()
+        witness.close()

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
 import sqlite3
@@ -7,6 +8,7 @@ import stat
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -81,7 +83,7 @@ def test_migrates_from_version_1(tmp_path):
 
     s = Store(path)
     try:
-        assert s.schema_version == SCHEMA_VERSION == 2
+        assert s.schema_version == SCHEMA_VERSION == len(MIGRATIONS)
         account = s.account_for_token(T1, now=5.0)  # the old salt is kept: old fingerprints work
         assert account.id == "acc_000000000001"
         assert account.refresh_token == T2
@@ -404,3 +406,81 @@ def test_memory_store_for_tests():
     a = s.account_for_token(T1, now=1.0)
     assert s.get_accounts([a.id, "acc_missing"]) == {a.id: a}
     s.close()
+
+
+def test_refresh_lock_is_exclusive_renewable_and_expires(tmp_path):
+    path = tmp_path / "shared.db"
+    one, two = Store(path), Store(path)
+    try:
+        a = one.account_for_token(T1, now=1.0)
+        assert one.try_refresh_lock(a.id, owner="p1", ttl=30.0, now=100.0) is True
+        assert two.try_refresh_lock(a.id, owner="p2", ttl=30.0, now=110.0) is False
+        assert one.try_refresh_lock(a.id, owner="p1", ttl=30.0, now=120.0) is True  # renewed
+        assert two.try_refresh_lock(a.id, owner="p2", ttl=30.0, now=140.0) is False
+        # p1 crashed: its lock ends 30 s after its last renewal
+        assert two.try_refresh_lock(a.id, owner="p2", ttl=30.0, now=150.0) is True
+        one.release_refresh_lock(a.id, owner="p1")  # not p1's any more: nothing happens
+        assert one.try_refresh_lock(a.id, owner="p1", ttl=30.0, now=151.0) is False
+        two.release_refresh_lock(a.id, owner="p2")
+        assert one.try_refresh_lock(a.id, owner="p1", ttl=30.0, now=152.0) is True
+    finally:
+        one.close()
+        two.close()
+
+
+async def test_refresh_lock_waits_for_the_holder(tmp_path):
+    path = tmp_path / "shared.db"
+    one, two = Store(path), Store(path)
+    order: list[str] = []
+    try:
+        a = one.account_for_token(T1, now=1.0)
+
+        async def hold(store: Store, owner: str) -> None:
+            async with store.refresh_lock(a.id, owner=owner, ttl=30.0, clock=time.time, poll=0.01):
+                order.append(f"{owner} in")
+                await asyncio.sleep(0.1)
+                order.append(f"{owner} out")
+
+        first = asyncio.create_task(hold(one, "p1"))
+        await asyncio.sleep(0.02)
+        await asyncio.gather(first, hold(two, "p2"))
+        assert order == ["p1 in", "p1 out", "p2 in", "p2 out"]
+        assert one.try_refresh_lock(a.id, owner="p3", ttl=30.0, now=time.time()) is True
+    finally:
+        one.close()
+        two.close()
+
+
+def test_due_deletions_are_claimed_by_one_owner_until_the_claim_runs_out(tmp_path):
+    path = tmp_path / "shared.db"
+    one, two = Store(path), Store(path)
+    try:
+        a = one.account_for_token(T1, now=1.0)
+        for n in range(5):
+            one.schedule_deletion(a.id, f"c{n}", dialect="legacy", due_at=10.0 + n)
+        first = one.claim_due_deletions(12.0, owner="p1", claim_ttl=60.0)
+        assert [p.conversation_id for p in first] == ["c0", "c1", "c2"]
+        second = two.claim_due_deletions(20.0, owner="p2", claim_ttl=60.0)
+        assert [p.conversation_id for p in second] == ["c3", "c4"]  # never p1's rows
+        assert two.claim_due_deletions(21.0, owner="p2", claim_ttl=60.0) == second
+        one.mark_deleted("c0")
+        one.reschedule("c1", now=20.0, backoff=5.0, error="HTTP 500")  # frees the claim
+        assert [
+            p.conversation_id for p in two.claim_due_deletions(25.0, owner="p2", claim_ttl=60.0)
+        ] == [
+            "c3",
+            "c4",
+            "c1",
+        ]
+        # p1 crashed holding c2: its claim ends at 72, then c2 comes back
+        assert [
+            p.conversation_id
+            for p in two.claim_due_deletions(73.0, owner="p3", claim_ttl=60.0, limit=1)
+        ] == ["c2"]
+        # shutdown's horizon reaches rows not yet due
+        one.schedule_deletion(a.id, "later", dialect=None, due_at=1e6)
+        late = one.claim_due_deletions(74.0, owner="p1", claim_ttl=60.0, due_by=float("inf"))
+        assert [p.conversation_id for p in late] == ["later"]
+    finally:
+        one.close()
+        two.close()

@@ -1,0 +1,84 @@
+"""End to end: conversation cleanup under load, through a real mitmproxy against the fake Kimi.
+
+With `conversation_ttl=0` every finished reply asks for a cleanup pass. Each due conversation
+is claimed in the store before its DELETE and one pass runs at a time, so 50 concurrent chats
+cost exactly one DELETE per conversation, and the proxy keeps answering meanwhile.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import Counter
+
+import httpx
+import pytest
+
+from fixtures.fake_kimi import FakeKimi
+from tests.proxy_harness import running_proxy
+from tests.schema_check import assert_valid
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
+
+TOKEN = "rt-cleanup-load-8d2e61c0f4"
+
+
+async def test_fifty_concurrent_chats_with_ttl_0_delete_each_conversation_once(tmp_path):
+    # A little latency on every Kimi call keeps DELETEs in flight while other replies finish.
+    async with (
+        FakeKimi(dialect_routes="legacy", rtt=0.02, token_rate=400.0) as fake,
+        running_proxy(
+            fake.base_url,
+            tmp_path,
+            kimi_dialect="legacy",
+            conversation_ttl=0,
+            max_account_concurrency=50,
+        ) as proxy,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        body = {"model": "kimi", "messages": [{"role": "user", "content": "a short question"}]}
+        headers = {"authorization": f"Bearer {TOKEN}"}
+        pings: list[float] = []
+        done = asyncio.Event()
+
+        async def chat(n: int) -> None:
+            resp = await http.post(
+                proxy.url + "/v1/chat/completions",
+                json={**body, "user": f"client-{n}"},
+                headers=headers,
+            )
+            assert resp.status_code == 200, resp.text
+            assert_valid("openai.response", resp.json())
+
+        async def ping() -> None:
+            while not done.is_set():
+                started = time.monotonic()
+                resp = await http.get(proxy.url + "/ping", timeout=5)
+                assert resp.text == "pong"
+                pings.append(time.monotonic() - started)
+                await asyncio.sleep(0.05)
+
+        pinger = asyncio.create_task(ping())
+        await asyncio.gather(*(chat(n) for n in range(50)))
+        chats = {r.path.split("/")[3] for r in fake.record.calls("completion")}
+        assert len(chats) == 50
+
+        async def all_deleted() -> None:
+            while any(fake.record.conversations[c].deleted_at is None for c in chats):
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(all_deleted(), 20)
+        await asyncio.sleep(1.5)  # a cleanup tick or more: nothing deletes them again
+        done.set()
+        await pinger
+
+        deletes = Counter(r.path.rsplit("/", 1)[1] for r in fake.record.calls("delete"))
+        assert set(chats) <= set(deletes)
+        assert max(deletes.values()) == 1, f"DELETEs per conversation: {deletes.most_common(3)}"
+        assert all(r.status == 200 for r in fake.record.calls("delete"))
+        assert pings
+        assert max(pings) < 2.0  # /ping kept answering during the load
+        assert proxy.addon.runtime is not None
+        assert proxy.addon.runtime.store is not None
+        left = proxy.addon.runtime.store.due_deletions(float("inf"))
+        assert {p.conversation_id for p in left}.isdisjoint(chats)

@@ -28,6 +28,7 @@ from translator import ChatPlan, Message, ModelFlags, RemoteProtocolError
 from translator._plan import InlineFile, UrlFile
 
 from ._accounts import Account, AccountPool
+from ._delete_chat import delete_conversation
 from ._dialects import CONNECT, LEGACY, Dialect
 from ._kimi import KimiClient
 from ._store import PendingDeletion, Store
@@ -329,10 +330,7 @@ class ConversationKeeper:
             if account is None:
                 raise RemoteProtocolError("account no longer known", status=404)
             token = await self.pool.access_token(account)
-            response = await self.kimi.send(dialect.delete_call(conversation_id), token=token)
-            # 404: already gone (deleted in the browser, or by another proxy sharing the store).
-            if response.status_code >= 400 and response.status_code != 404:
-                raise dialect.http_error(response.status_code, response.content)
+            await delete_conversation(self.kimi, dialect, conversation_id, token)
         except Exception as exc:
             self.delete_failures += 1
             backoff = min(3600.0, 5.0 * 2**attempts)

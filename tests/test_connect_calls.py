@@ -8,8 +8,10 @@ from tests.schema_check import assert_valid
 from translator import ChatPlan, LocalProtocolError, ModelFlags, RemoteProtocolError
 from translator._connect_calls import (
     CHAT_SERVICE,
+    DELETE_CHAT_SERVICES,
     chat_call,
     delete_chat_call,
+    delete_outcome,
     session_headers,
     validate_chat_id,
 )
@@ -126,7 +128,9 @@ def test_bad_service_names(bad):
 
 def test_delete_chat_call():
     call = delete_chat_call("d3kimichat0001")
-    assert call.path == "/apiv2/kimi.chat.v1.ChatService/DeleteChat"
+    # the service the most complete live-verified client uses comes first
+    assert DELETE_CHAT_SERVICES == ("kimi.gateway.chat.v1.ChatService", "kimi.chat.v1.ChatService")
+    assert call.path == "/apiv2/kimi.gateway.chat.v1.ChatService/DeleteChat"
     assert call.json == {"chat_id": "d3kimichat0001"}
     assert call.content is None
     assert call.stream is False
@@ -134,8 +138,29 @@ def test_delete_chat_call():
         "content-type": "application/json",
         "connect-protocol-version": "1",
     }
-    other = delete_chat_call("x1", service="kimi.gateway.chat.v1.ChatService")
-    assert other.path == "/apiv2/kimi.gateway.chat.v1.ChatService/DeleteChat"
+    other = delete_chat_call("x1", service="kimi.chat.v1.ChatService")
+    assert other.path == "/apiv2/kimi.chat.v1.ChatService/DeleteChat"
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "outcome"),
+    [
+        (200, b"{}", "deleted"),
+        (204, b"", "deleted"),
+        (404, b'{"code": "not_found", "message": "chat not found"}', "gone"),
+        (404, b"404 page not found\n", "missing"),
+        (404, b"", "missing"),
+        (404, b'{"code": "unimplemented"}', "missing"),
+        (501, b'{"code": "unimplemented", "message": "no"}', "missing"),
+        (404, b"[1]", "missing"),
+        (404, b"[" * 100_000, "missing"),
+        (401, b'{"code": "unauthenticated"}', "error"),
+        (500, b"oops", "error"),
+        (400, b'{"code": "not_found"}', "gone"),
+    ],
+)
+def test_delete_outcome(status, body, outcome):
+    assert delete_outcome(status, body) == outcome
 
 
 def test_session_headers_from_claims():

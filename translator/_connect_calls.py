@@ -2,7 +2,9 @@
 
 - `chat_call` — the server-streaming `Chat` call: its body is ONE Connect envelope holding the
   JSON request; the answer is read by `ConnectDecoder`.
-- `delete_chat_call` — the unary `DeleteChat` call (plain JSON body, Connect unary protocol).
+- `delete_chat_call` — the unary `DeleteChat` call (plain JSON body, Connect unary protocol);
+  `DELETE_CHAT_SERVICES` lists the services it is reported under, in the order to try them,
+  and `delete_outcome` reads an answer (done / chat gone / no such route / error).
 - `session_headers` — the per-account headers www.kimi.com expects beside the bearer token.
 
 None of these values contains the access token: `KimiCall`s are logged and compared, so the
@@ -14,9 +16,10 @@ web app sends them; Connect's JSON codec (protobuf JSON mapping) accepts them be
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Sequence
-from typing import Any, Final
+from typing import Any, Final, Literal
 
 from ._connect_frames import encode_envelope
 from ._errors import LocalProtocolError, RemoteProtocolError
@@ -26,16 +29,27 @@ from ._plan import ChatPlan, KimiCall
 __all__ = [
     "CHAT_SERVICE",
     "DELETE_CHAT_SERVICE",
+    "DELETE_CHAT_SERVICES",
+    "DeleteOutcome",
     "chat_call",
     "delete_chat_call",
+    "delete_outcome",
     "session_headers",
     "validate_chat_id",
 ]
 
 #: The streaming chat lives on the gateway service (kimi-web-protocol.md, "Chat").
 CHAT_SERVICE: Final = "kimi.gateway.chat.v1.ChatService"
-#: DeleteChat is seen under both services; the page documents this one.
-DELETE_CHAT_SERVICE: Final = "kimi.chat.v1.ChatService"
+#: DeleteChat is reported under both services (research notes §B.7). First the one the most
+#: complete live-verified client (OTK) calls, then the other one (kimi-web-protocol.md's).
+DELETE_CHAT_SERVICES: Final = ("kimi.gateway.chat.v1.ChatService", "kimi.chat.v1.ChatService")
+DELETE_CHAT_SERVICE: Final = DELETE_CHAT_SERVICES[0]
+
+#: What an answer to DeleteChat says: "deleted"; "gone" (the service knows chats and says
+#: this one is not there: Connect code `not_found`); "missing" (no such procedure here: HTTP
+#: 404 without a Connect `not_found`, or code `unimplemented` — try the other service);
+#: "error" (anything else: keep the chat and retry later).
+DeleteOutcome = Literal["deleted", "gone", "missing", "error"]
 
 #: Ids Kimi hands out are short [0-9a-z] strings (some clients see UUIDs); this charset keeps
 #: anything that could act on a path, a header or JSON (/, ., quotes, controls, spaces) out.
@@ -134,6 +148,26 @@ def delete_chat_call(chat_id: str, *, service: str = DELETE_CHAT_SERVICE) -> Kim
         headers=_UNARY_HEADERS,
         json={"chat_id": validate_chat_id(chat_id)},
     )
+
+
+def delete_outcome(status: int, body: bytes) -> DeleteOutcome:
+    """Read the answer (`status`, `body`) to a `delete_chat_call` (see `DeleteOutcome`).
+
+    A route that does not exist answers like a router does (HTTP 404 with a plain body, or a
+    Connect `unimplemented`), so only an explicit Connect `not_found` counts as "this chat is
+    gone"; a bare 404 is a missing route, and the caller tries the other service before it
+    believes the chat is gone.
+    """
+    if status < 400:
+        return "deleted"
+    try:
+        obj = json.loads(body)
+    except (ValueError, RecursionError):
+        obj = None
+    code = obj.get("code") if isinstance(obj, dict) else None
+    if code == "unimplemented" or (status == 404 and code != "not_found"):
+        return "missing"
+    return "gone" if code == "not_found" else "error"
 
 
 def session_headers(

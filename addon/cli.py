@@ -99,6 +99,12 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
         help="log verbosity (LOG_LEVEL; default info)",
     )
     p.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        default=_env("LOG_FORMAT", "text"),
+        help="text lines, or one JSON object per line (LOG_FORMAT; default text)",
+    )
+    p.add_argument(
         "--confdir",
         default=_env("MITMPROXY_CONFDIR", "~/.mitmproxy"),
         help="mitmproxy's directory for its CA (MITMPROXY_CONFDIR)",
@@ -143,6 +149,10 @@ async def serve(args: argparse.Namespace, *, demo: bool = False) -> None:
         modes.append(f"regular@{args.intercept_port}")
     opts = options.Options(listen_host=args.host, mode=modes)
     master = DumpMaster(opts, with_termlog=True, with_dumper=False)
+    if args.log_format == "json":
+        from ._logging import use_json_logs
+
+        use_json_logs()
     addon = KimiProxy(verify=verify)
     master.addons.add(addon)
     master.options.update(

@@ -168,7 +168,11 @@ class Runtime:
         )
         # handler_cancellation: a client that hangs up cancels its handler, which stops the
         # Kimi stream at once and hands the conversation to the keeper for deletion.
-        self._runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        # shutdown_timeout: replies still running at shutdown get 2 s, then are cancelled (their
+        # conversations are deleted with the rest): a stop must finish within its bound.
+        self._runner = web.AppRunner(
+            app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0
+        )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)
         await site.start()
@@ -182,10 +186,12 @@ class Runtime:
         return self.base_url
 
     async def stop(self) -> None:
-        if self.keeper is not None:
-            await self.keeper.shutdown()
+        """Stop within about 10 s: running replies end (2 s), then every conversation this
+        process holds is deleted (8 s at most; what is left stays queued for the next start)."""
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.keeper is not None:
+            await self.keeper.shutdown(timeout=8.0)
         if self.client is not None:
             await self.client.aclose()
         if self.fetch_client is not None:

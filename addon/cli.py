@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 import tempfile
 from collections.abc import Sequence
@@ -179,11 +180,39 @@ async def serve(args: argparse.Namespace, *, demo: bool = False) -> None:
             '[{"role":"user","content":"Hello"}]}\'\n'
         )
         sys.stdout.flush()
+    _stop_on_signals(master)
     try:
         await master.run()
     finally:
+        # Client connections still open at exit are cancelled by asyncio.run; Python 3.12.1's
+        # stream callback reports each one as an error with a traceback. They are not errors.
+        asyncio.get_running_loop().set_exception_handler(_quiet_cancellations)
         if fake is not None:
             await fake.stop()
+
+
+def _quiet_cancellations(loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+    if not isinstance(context.get("exception"), asyncio.CancelledError):
+        loop.default_exception_handler(context)
+
+
+def _stop_on_signals(master: Any) -> None:
+    """SIGTERM (systemd, container runtimes) and SIGINT (Ctrl-C) both stop mitmproxy the orderly
+    way: the addon's `done` deletes the conversations this process holds, within its bound, and
+    the command exits 0. A second signal while that runs stops at once."""
+    loop = asyncio.get_running_loop()
+
+    def stop(sig: signal.Signals) -> None:
+        for each in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(each)  # the next one gets the default: quit now
+        logging.getLogger("kimi_free_api").info(
+            "%s: deleting held conversations, then exiting", sig.name
+        )
+        master.shutdown()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):  # no signals on this loop
+            loop.add_signal_handler(sig, stop, sig)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
@@ -233,3 +234,46 @@ async def test_two_processes_share_one_store_without_reusing_a_rotated_token(tmp
         assert bearers[0] == ORIGINAL
         assert all(c.status == 200 for c in fake.record.refresh_calls())
         assert len(fake.accounts) == 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+async def test_a_stop_signal_deletes_held_conversations_then_exits_0_within_the_bound(
+    tmp_path, sig
+):
+    """systemd and container runtimes stop with SIGTERM, a terminal with SIGINT: both delete
+    the conversations the process holds (the reply's and the pre-created spare), then exit 0,
+    within the 10-second shutdown bound."""
+    store_path = tmp_path / "accounts.sqlite3"
+    body = {"model": "kimi", "messages": [{"role": "user", "content": "keep me a while"}]}
+    async with FakeKimi(dialect_routes="legacy") as fake:
+        args = ["run", "--kimi-base-url", fake.base_url, "--dialect", "legacy"]
+        args += ["--store", str(store_path), "--conversation-ttl", "600"]
+        async with cli(args, tmp_path) as (proc, url), httpx.AsyncClient(timeout=30) as http:
+            resp = await http.post(
+                url + "/v1/chat/completions",
+                json=body,
+                headers={"authorization": f"Bearer {ORIGINAL}"},
+            )
+            assert resp.status_code == 200, resp.text
+            await wait_for(lambda: len(fake.record.calls("create")) == 2)  # + the spare
+            await asyncio.sleep(0.2)
+            held = fake.record.live_conversations()
+            assert len(held) == 2  # kept for the TTL: nothing deleted yet
+            started = time.monotonic()
+            proc.send_signal(sig)
+            try:
+                code = await asyncio.to_thread(proc.wait, 15)
+            except subprocess.TimeoutExpired:
+                pytest.fail(f"the proxy did not stop within 15 s of {sig.name}")
+            took = time.monotonic() - started
+            assert code == 0, (tmp_path / "cli.log").read_text()
+            assert took < 10.0
+        assert fake.record.live_conversations() == []
+        assert {c.id for c in fake.record.deleted_conversations()} >= {c.id for c in held}
+        output = (tmp_path / "cli.log").read_text()
+        assert "Traceback" not in output
+    store = Store(store_path)
+    try:
+        assert store.due_deletions(float("inf")) == []
+    finally:
+        store.close()

@@ -33,6 +33,12 @@ SCHEMA_NAMES: dict[str, str] = {
     "kimi.event": "kimi/stream-event.json",
     "kimi.connect_request": "kimi/connect-chat-request.json",
     "kimi.connect_message": "kimi/connect-stream-message.json",
+    "anthropic.request": "anthropic/messages-request.json",
+    "anthropic.message": "anthropic/message.json",
+    "anthropic.event": "anthropic/stream-event.json",
+    "anthropic.error": "anthropic/error.json",
+    "anthropic.count_tokens_request": "anthropic/count-tokens-request.json",
+    "anthropic.count_tokens": "anthropic/count-tokens.json",
 }
 
 

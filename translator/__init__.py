@@ -15,6 +15,25 @@ so it can be tested without a network. See docs/translator.md for the API and a 
 
 from __future__ import annotations
 
+from ._anthropic_errors import (
+    ANTHROPIC_ERROR_TYPES,
+    OVERLOADED_STATUS,
+    anthropic_error,
+)
+from ._anthropic_request import (
+    CLAUDE_MODEL,
+    CLAUDE_THINKING_MODEL,
+    MAX_STOP_SEQUENCES,
+    MessagesCall,
+    translate_messages,
+)
+from ._anthropic_stream import (
+    STOP_REASONS,
+    MessagesEncoder,
+    encode_event,
+    fold_message,
+    thinking_signature,
+)
 from ._assembler import (
     Assembler,
     State,
@@ -127,6 +146,7 @@ from ._sse import (
     SSEDecoder,
     encode_sse,
     encode_sse_comment,
+    encode_sse_event,
 )
 from ._upstream import (
     ContentFiltered,
@@ -153,7 +173,10 @@ from ._validate import (
 )
 
 __all__ = [
+    "ANTHROPIC_ERROR_TYPES",
     "CHAT_SERVICE",
+    "CLAUDE_MODEL",
+    "CLAUDE_THINKING_MODEL",
     "DEFAULT_MAX_BYTES",
     "DEFAULT_MAX_MESSAGE_BYTES",
     "DELETE_CHAT_SERVICE",
@@ -163,12 +186,15 @@ __all__ = [
     "K1_AGENT_ID",
     "LATEST_FILES_HINT",
     "LATEST_HINT",
+    "MAX_STOP_SEQUENCES",
     "MODEL_CATALOG",
     "MODEL_NAME",
     "MODEL_TABLE",
     "MODERATION_REASON_MARKERS",
+    "OVERLOADED_STATUS",
     "REFRESH_PATH",
     "SSE_DONE",
+    "STOP_REASONS",
     "Assembler",
     "ChatPlan",
     "ConnectDecoder",
@@ -189,6 +215,8 @@ __all__ = [
     "LocalProtocolError",
     "Message",
     "MessageId",
+    "MessagesCall",
+    "MessagesEncoder",
     "ModelFlags",
     "ModelRule",
     "Noise",
@@ -207,6 +235,7 @@ __all__ = [
     "UpstreamEvent",
     "UpstreamFailure",
     "UrlFile",
+    "anthropic_error",
     "chat_call",
     "check_conversation_id",
     "completion_call",
@@ -219,13 +248,16 @@ __all__ = [
     "delete_outcome",
     "effective_mime",
     "encode_envelope",
+    "encode_event",
     "encode_sse",
     "encode_sse_comment",
+    "encode_sse_event",
     "error_for_type",
     "estimate_tokens",
     "extension_for_mime",
     "flatten_messages",
     "fold_completion",
+    "fold_message",
     "inline_name",
     "is_moderation",
     "kimi_error",
@@ -244,6 +276,8 @@ __all__ = [
     "retry_after_seconds",
     "session_headers",
     "sniff_mime",
+    "thinking_signature",
+    "translate_messages",
     "usage_for",
     "user_call",
     "validate_chat_id",

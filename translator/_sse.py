@@ -43,6 +43,7 @@ __all__ = [
     "ServerSentEvent",
     "encode_sse",
     "encode_sse_comment",
+    "encode_sse_event",
 ]
 
 #: Upper bound for one line and for one event's data (bytes), against memory exhaustion.
@@ -266,3 +267,9 @@ def encode_sse_comment(text: str = "keep-alive") -> bytes:
     between see traffic. Line breaks in `text` become spaces so it stays one comment."""
     flat = " ".join(text.splitlines())
     return b": " + flat.encode("utf-8") + b"\n\n"
+
+
+def encode_sse_event(event: str, obj: Any) -> bytes:
+    """`obj` as one SSE event named `event` (`event: <name>`, then `data: <compact JSON>`, a
+    blank line), for the APIs whose clients dispatch on the event name (Anthropic Messages)."""
+    return b"event: " + event.encode("utf-8") + b"\n" + encode_sse(obj)

@@ -22,6 +22,7 @@ from translator._models import model_list
 from ._accounts import AccessDenied, AccountPool, AuthFailed, TransientFailure
 from ._chat import ChatService, ChatStats
 from ._kimi import call_counter
+from ._messages import add_messages_routes
 from ._metrics import Metrics, RequestRecord, endpoint_of
 from ._reply import JsonReply, Reply, SseReply, error_response, json_response
 
@@ -105,7 +106,11 @@ def build_app(
             method=request.method,
             path=request.path,
             endpoint=endpoint_of(request),
-            status=stats.status if request.path.endswith("/completions") else response.status,
+            status=(
+                stats.status
+                if request.path.endswith(("/completions", "/messages"))
+                else response.status
+            ),
             model=stats.model,
             dialect=stats.dialect,
             account=stats.account_index,
@@ -135,6 +140,22 @@ def build_app(
 
     async def models(request: web.Request) -> web.StreamResponse:
         return json_response(model_list(int(wall_clock())))
+
+    async def model(request: web.Request) -> web.StreamResponse:
+        model_id = request.match_info["model_id"]
+        for entry in model_list(int(wall_clock()))["data"]:
+            if entry["id"] == model_id:
+                return json_response(entry)
+        return _openai_error(
+            404,
+            f"The model '{model_id}' does not exist (GET /v1/models lists the models)",
+            type_="invalid_request_error",
+            code="model_not_found",
+        )
+
+    async def warm_up(request: web.Request) -> web.StreamResponse:
+        # Claude Code sends `HEAD /` before its first request to open the connection.
+        return web.Response(status=200)
 
     async def ping(request: web.Request) -> web.StreamResponse:
         return web.Response(text="pong")
@@ -187,6 +208,9 @@ def build_app(
     for prefix in ("/v1", ""):
         app.router.add_post(prefix + "/chat/completions", chat_completions)
         app.router.add_get(prefix + "/models", models)
+        app.router.add_get(prefix + "/models/{model_id}", model)
+    add_messages_routes(app, chat=chat, pool=pool, stats_key=STATS)
+    app.router.add_route("HEAD", "/", warm_up)
     app.router.add_get("/v1/accounts", accounts)
     app.router.add_post("/token/check", token_check)
     app.router.add_get("/ping", ping)

@@ -27,7 +27,9 @@ Health: `ok`; `cooling` until `cooling_until` (Retry-After, else `cooldown`) aft
 refreshed again, and stays dead until
 its token changes: a configured account revives when its configured value changes
 (`Store.upsert_config_account`); a client logs in again and sends the new token, which becomes a
-new account (the dead row stays for `/v1/accounts` until deleted).
+new account (the dead row stays for `/v1/accounts` until deleted). A client token that never
+worked (never refreshed successfully) is forgotten after `Store.UNPROVEN_TTL` seconds, and the
+store keeps at most `Store.MAX_UNPROVEN` of them, so junk tokens cannot grow the store.
 
 Busy: each account serves at most `max_concurrency` requests of this process at once. When every
 usable account is at the cap, `acquire` waits up to `busy_wait` seconds (2 s by default) for a
@@ -65,6 +67,10 @@ __all__ = [
     "TokenGrant",
     "TransientFailure",
 ]
+
+#: the most Kimi tokens and keys one `Authorization` header may name (each one may cost a
+#: refresh at Kimi and a row in the store)
+MAX_TOKENS_PER_HEADER = 32
 
 #: Kimi's long-text quota window (about 30 rounds per 3 hours for ordinary accounts)
 LONG_TEXT_WINDOW = 3 * 3600.0
@@ -196,7 +202,8 @@ class AccountPool:
 
         Raises:
             AccessDenied: nothing given (401 "missing token"), an unknown `sk-` key (401), a raw
-                Kimi token while keys are required (401), or a key without accounts (403).
+                Kimi token while keys are required (401), a key without accounts (403), or
+                more than `MAX_TOKENS_PER_HEADER` tokens (400 "too_many_tokens").
         """
         parts = [p.strip() for p in _strip_bearer(credentials).split(",")]
         parts = list(dict.fromkeys(p for p in parts if p))
@@ -204,6 +211,13 @@ class AccountPool:
             raise AccessDenied(
                 "missing token: send 'Authorization: Bearer <Kimi refresh token or API key>'",
                 code="missing_token",
+            )
+        if len(parts) > MAX_TOKENS_PER_HEADER:
+            raise AccessDenied(
+                f"too many tokens in the Authorization header: {len(parts)}; at most "
+                f"{MAX_TOKENS_PER_HEADER} comma-separated tokens or keys are accepted",
+                status=400,
+                code="too_many_tokens",
             )
         now = self._clock()
         found: dict[str, Account] = {}

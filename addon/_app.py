@@ -10,6 +10,7 @@ from __future__ import annotations
 import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
@@ -24,6 +25,7 @@ from ._chat import ChatService, ChatStats
 from ._kimi import call_counter
 from ._messages import add_messages_routes
 from ._metrics import Metrics, RequestRecord, endpoint_of
+from ._ratelimit import CLIENT_ADDRESS_HEADER, RateLimiter
 from ._reply import JsonReply, Reply, SseReply, error_response, json_response
 
 __all__ = ["RELAY_SECRET_HEADER", "build_app"]
@@ -64,6 +66,7 @@ def build_app(
     wall_clock: Callable[[], float],
     metrics: Metrics | None = None,
     routes: Sequence[Callable[[web.Application], None]] = (),
+    token_check_limit: RateLimiter | None = None,
 ) -> web.Application:
     """The relay app. `routes` add more routes (before the catch-all 404); `metrics` is fed
     one `RequestRecord` per request."""
@@ -160,7 +163,21 @@ def build_app(
     async def ping(request: web.Request) -> web.StreamResponse:
         return web.Response(text="pong")
 
+    # Each check may refresh at Kimi and add a store row: 10 at once per client, then 1 per 6 s.
+    check_limit = token_check_limit or RateLimiter(burst=10, per=6.0, clock=time.monotonic)
+
     async def token_check(request: web.Request) -> web.StreamResponse:
+        client = request.headers.get(CLIENT_ADDRESS_HEADER) or request.remote or "-"
+        wait = check_limit.take(client)
+        if wait > 0:
+            response = _openai_error(
+                429,
+                f"too many token checks from this address; retry in {math.ceil(wait)} s",
+                type_="rate_limit_error",
+                code="rate_limit_exceeded",
+            )
+            response.headers["retry-after"] = str(math.ceil(wait))
+            return response
         try:
             body = json.loads(await request.read())
             token = body["token"]
@@ -174,7 +191,11 @@ def build_app(
             accounts = pool.resolve(token)
             for account in accounts:
                 await pool.access_token(account)
-        except (AccessDenied, AuthFailed):
+        except AccessDenied as exc:
+            if exc.status == 400:  # too many tokens: say so, as the chat route does
+                return error_response(exc)
+            return json_response({"live": False})
+        except AuthFailed:
             return json_response({"live": False})
         except TransientFailure as exc:
             return _openai_error(

@@ -362,6 +362,7 @@ class ConversationKeeper:
                     # Exchanges outlive nothing: their conversation is gone after the TTL.
                     keep = max(self.ttl, self.precreate_max_age) + 3600.0
                     self.store.prune_exchanges(older_than=self.clock() - keep)
+                    self.store.prune_unproven_accounts(now=self.clock())
             except Exception as exc:
                 log.warning("cleanup pass failed: %s", type(exc).__name__)
             passes += 1

@@ -11,7 +11,7 @@ import hashlib
 import hmac
 import re
 import secrets
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 
 __all__ = [
     "REDACTED",
@@ -54,19 +54,35 @@ def constant_time_equal(a: str, b: str) -> bool:
     return hmac.compare_digest(a.encode("utf-8"), b.encode("utf-8"))
 
 
+# key = value / "key": "value" pairs whose name says they hold a secret (JSON, query strings,
+# cookies). The value may be short, so it is not left to the generic rules below.
+_SECRET_FIELD = re.compile(
+    r"(?i)(\"?\b(?:access_token|refresh_token|id_token|token|api_key|apikey|admin_key|"
+    r"password|secret|kimi-auth|authorization)\"?\s*[:=]\s*\"?)([^\s\"',;&]+)"
+)
+# ...except in prose: "the refresh token: log in again" names a token and goes on with words.
+# A value is prose when a plain-word name, a colon and a space are followed by a short plain word
+# and then more words; real tokens have digits, symbols or length.
+_PROSE_NAME = re.compile(r"[A-Za-z]+:\s+")  # a plain word: not `refresh_token:`, not quoted
+_PROSE_VALUE = re.compile(r"[A-Za-z]{1,15}")
+_MORE_WORDS = re.compile(r"\s+[A-Za-z]")
+
+
+def _redact_field(match: re.Match[str]) -> str:
+    name, value = match.group(1), match.group(2)
+    prose = (
+        _PROSE_NAME.fullmatch(name) is not None
+        and _PROSE_VALUE.fullmatch(value) is not None
+        and _MORE_WORDS.match(match.string, match.end()) is not None
+    )
+    return match.group(0) if prose else name + REDACTED
+
+
 # Order matters: the most specific patterns run first, so e.g. "Bearer eyJ..." keeps its scheme.
-_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+_PATTERNS: tuple[tuple[re.Pattern[str], str | Callable[[re.Match[str]], str]], ...] = (
     # Authorization schemes: keep the scheme word, drop everything up to the next quote/space.
     (re.compile(r"(?i)\b(bearer|basic)\s+[^\s\"',;]+"), r"\1 " + REDACTED),
-    # key = value / "key": "value" pairs whose name says they hold a secret (JSON, query strings,
-    # cookies). The value may be short, so it is not left to the generic rules below.
-    (
-        re.compile(
-            r"(?i)(\"?\b(?:access_token|refresh_token|id_token|token|api_key|apikey|admin_key|"
-            r"password|secret|kimi-auth|authorization)\"?\s*[:=]\s*\"?)([^\s\"',;&]+)"
-        ),
-        r"\1" + REDACTED,
-    ),
+    (_SECRET_FIELD, _redact_field),
     # JWTs: three base64url segments, the first one a JSON object ("eyJ" = '{"').
     (re.compile(r"\beyJ[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*"), REDACTED),
     # OpenAI-style keys (our gateway and admin keys).

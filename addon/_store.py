@@ -78,12 +78,26 @@ def new_account_id() -> str:
     return "acc_" + secrets.token_hex(6)
 
 
+# A client account is "unproven" until one refresh with its token succeeded (it then has an
+# access-token expiry), and none is being refreshed now (no refresh lock). Junk tokens only
+# ever make unproven rows, so these are what growth caps and expiry apply to.
+_UNPROVEN = (
+    "source = 'client' AND access_expires_at IS NULL"
+    " AND id NOT IN (SELECT account_id FROM refresh_locks)"
+)
+
+
 class Store(QueueMethods, LockMethods):
     """The SQLite account store. One instance per process; several processes may share a file.
 
     Raises:
         StoreError: the file was written by a newer release, or cannot be opened.
     """
+
+    #: seconds an account whose token never worked is kept (`prune_unproven_accounts`)
+    UNPROVEN_TTL = 600.0
+    #: the most unproven accounts kept: a new one makes room by dropping the oldest
+    MAX_UNPROVEN = 1000
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 10.0) -> None:
         self.path = str(path)
@@ -219,6 +233,11 @@ class Store(QueueMethods, LockMethods):
             ).fetchone()
             if row is not None:  # another process created it meanwhile
                 return self._get(db, row["account_id"])
+            db.execute(
+                f"DELETE FROM accounts WHERE id IN (SELECT id FROM accounts WHERE {_UNPROVEN}"
+                " ORDER BY created_at DESC, id LIMIT -1 OFFSET ?)",
+                (self.MAX_UNPROVEN - 1,),
+            )
             account_id = self._insert_account(
                 db, label=None, source="client", dialect=None, token=token, config_fp=None, now=now
             )
@@ -408,6 +427,16 @@ class Store(QueueMethods, LockMethods):
         """Every account, without tokens, oldest first."""
         rows = self._read(f"SELECT {VIEW_COLUMNS} FROM accounts ORDER BY created_at, id")
         return [view_from_row(row) for row in rows]
+
+    def prune_unproven_accounts(self, *, now: float) -> int:
+        """Forget client accounts whose token never worked, created over `UNPROVEN_TTL`
+        seconds ago (junk tokens, typos); returns how many. A later request with the same
+        token starts over with a new account."""
+        with self._write() as db:
+            return db.execute(
+                f"DELETE FROM accounts WHERE {_UNPROVEN} AND created_at < ?",
+                (now - self.UNPROVEN_TTL,),
+            ).rowcount
 
     def delete_account(self, account_id: str) -> bool:
         """Forget an account with its fingerprints, exchanges and queued deletions."""

@@ -35,6 +35,7 @@ from mitmproxy.connection import Server
 from mitmproxy.proxy import mode_specs, server_hooks
 
 from addon._config import Config, ConfigError, load_config
+from addon._ratelimit import CLIENT_ADDRESS_HEADER
 from addon._runtime import RELAY_SECRET_HEADER, Runtime, RuntimeSettings
 
 __all__ = ["KimiProxy", "addons"]
@@ -291,6 +292,9 @@ class KimiProxy:
             flow.request.host = host
             flow.request.port = port
             flow.request.headers[RELAY_SECRET_HEADER] = runtime.secret
+            # The relay sees only loopback; it rate-limits by this (never the client's own value).
+            peer = flow.client_conn.peername
+            flow.request.headers[CLIENT_ADDRESS_HEADER] = str(peer[0]) if peer else "-"
             flow.metadata[METADATA_KEY] = True
         except Exception as exc:
             log.error("kimi-free-api request hook failed: %s", type(exc).__name__)

@@ -481,3 +481,13 @@ async def test_a_rotation_is_committed_before_the_loop_runs_anything_else(tmp_pa
     finally:
         store.close()
         witness.close()
+
+
+def test_an_authorization_header_names_at_most_32_tokens(store, kimi, clock):
+    pool = make_pool(store, kimi, clock)
+    assert len(pool.resolve(",".join(f"tok-{n}" for n in range(20)))) == 20
+    with pytest.raises(AccessDenied) as info:
+        pool.resolve(",".join(f"junk-{n}" for n in range(300)))
+    assert (info.value.status, info.value.code) == (400, "too_many_tokens")
+    assert "at most 32" in info.value.message
+    assert len(store.list_accounts()) == 20  # the refused header made no account

@@ -306,7 +306,8 @@ async def test_dead_account_is_remembered_and_reported_without_tokens(tmp_path, 
         [account] = listing.json()["data"]
         assert account["health"] == "dead"
         assert account["source"] == "client"
-        assert account["last_error"]
+        assert "log in again" in account["last_error"]  # readable: the redaction spares prose
+        assert "***" not in account["last_error"]
         assert account["in_flight"] == 0
         assert not any("token" in name and "expires" not in name for name in account)
         # Without the admin key: no listing.

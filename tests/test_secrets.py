@@ -83,3 +83,30 @@ def test_redact_headers():
     # pairs work too and keep order and duplicates
     pairs = redact_headers([("authorization", "raw-token-without-scheme"), ("A", "b")])
     assert pairs == [("authorization", REDACTED), ("A", "b")]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "Kimi rejected the refresh token: log in again and send the new token",
+        "the access token: expired before use",
+        "Kimi refused the refresh token (HTTP 401)",
+    ],
+)
+def test_redact_keeps_prose_about_tokens(line):
+    assert redact(line) == line
+
+
+@pytest.mark.parametrize(
+    ("line", "secret"),
+    [
+        ("token: abc123 more words", "abc123"),
+        ("password: hunter", "hunter"),
+        ("refresh_token: plainword next", "plainword"),
+        ('{"token": "abc"} then text', "abc"),
+        ("token=abc def", "abc"),
+    ],
+)
+def test_redact_still_removes_short_secret_values(line, secret):
+    assert secret not in redact(line).replace("words", "").replace("text", "")
+    assert REDACTED in redact(line)

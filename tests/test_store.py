@@ -484,3 +484,23 @@ def test_due_deletions_are_claimed_by_one_owner_until_the_claim_runs_out(tmp_pat
     finally:
         one.close()
         two.close()
+
+
+def test_accounts_whose_token_never_worked_expire_and_are_capped(store):
+    worked = store.account_for_token(T1, now=1.0)
+    store.record_rotation(
+        worked.id, refresh_token=T2, access_token=ACCESS, access_expires_at=900.0, now=2.0
+    )
+    config = store.upsert_config_account("alice", "rt-config-never-used", now=1.0)
+    junk = [store.account_for_token(f"junk-{n}", now=10.0 + n) for n in range(3)]
+    assert store.try_refresh_lock(junk[0].id, owner="p1", ttl=30.0, now=10.0)  # being tried now
+    assert store.prune_unproven_accounts(now=10.0 + Store.UNPROVEN_TTL + 1.5) == 1  # junk-1 only
+    ids = {v.id for v in store.list_accounts()}
+    assert ids == {worked.id, config.id, junk[0].id, junk[2].id}
+    store.release_refresh_lock(junk[0].id, owner="p1")
+
+    store.MAX_UNPROVEN = 3
+    more = [store.account_for_token(f"more-{n}", now=100.0 + n) for n in range(4)]
+    ids = {v.id for v in store.list_accounts()}
+    assert ids == {worked.id, config.id, *(a.id for a in more[1:])}  # the 3 newest unproven
+    assert store.account_for_token(T1, now=200.0).id == worked.id  # proven ones stay

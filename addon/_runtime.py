@@ -13,7 +13,9 @@ import os
 import secrets
 import ssl
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import httpx
 from aiohttp import web
@@ -23,7 +25,7 @@ from translator import KimiCall
 from ._accounts import AccountPool, TokenGrant
 from ._app import RELAY_SECRET_HEADER, build_app
 from ._chat import ChatService, ChatSettings
-from ._config import Config
+from ._config import Config, ConfigError
 from ._conversations import ConversationKeeper
 from ._dialects import Dialect, choose_dialect
 from ._fetch import Fetcher, FetchPolicy, make_fetch_client
@@ -33,7 +35,10 @@ from ._refresh import refresh_grant
 from ._store import Account, Store
 from ._upload import Uploader
 
-__all__ = ["RELAY_SECRET_HEADER", "Runtime", "RuntimeSettings"]
+__all__ = ["LIVE_OPTIONS", "RELAY_SECRET_HEADER", "Runtime", "RuntimeSettings"]
+
+#: options in the config file's `options:` that a reload applies without a restart
+LIVE_OPTIONS = frozenset({"max_account_concurrency", "account_cooldown"})
 
 log = logging.getLogger("kimi_free_api")
 
@@ -185,6 +190,29 @@ class Runtime:
         self.ready.set()
         return self.base_url
 
+    def apply_config(self, config: Config) -> None:
+        """Take a reloaded config: accounts, gateway keys, `require_key`, `admin_key`, and the
+        options that can change live (`LIVE_OPTIONS`). Requests in flight keep their account.
+        Other changed options are named in a warning: they need a restart."""
+        pool = self.pool
+        if pool is None:
+            raise RuntimeError("the runtime is not started")
+        options = config.options
+        concurrency = _live_number(options, "max_account_concurrency", pool.max_concurrency, 1)
+        cooldown = _live_number(options, "account_cooldown", pool.cooldown, 0)
+        pool.apply_config(config)
+        pool.max_concurrency = int(concurrency)
+        pool.cooldown = float(cooldown)
+        old = self.config.options
+        later = sorted(
+            name
+            for name in set(old) | set(options)
+            if name not in LIVE_OPTIONS and old.get(name) != options.get(name)
+        )
+        if later:
+            log.warning("config: changed options take effect after a restart: %s", ", ".join(later))
+        self.config = config
+
     async def stop(self) -> None:
         """Stop within about 10 s: running replies end (2 s), then every conversation this
         process holds is deleted (8 s at most; what is left stays queued for the next start)."""
@@ -198,6 +226,18 @@ class Runtime:
             await self.fetch_client.aclose()
         if self.store is not None:
             self.store.close()
+
+
+def _live_number(options: Mapping[str, Any], name: str, current: float, minimum: int) -> float:
+    """The reloaded value of a live numeric option (the current one when it is not given).
+
+    Raises:
+        ConfigError: not a number, or below `minimum`.
+    """
+    value = options.get(name, current)
+    if isinstance(value, bool) or not isinstance(value, int | float) or value < minimum:
+        raise ConfigError(f"options.{name}: must be a number >= {minimum}")
+    return value
 
 
 def _tls_context(verify: bool | str | ssl.SSLContext) -> bool | ssl.SSLContext:

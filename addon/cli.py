@@ -224,8 +224,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         from ._replay import run_replay
 
         return run_replay(args.paths, as_json=args.json, out=sys.stdout)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args, demo=args.command == "demo"))
+    from mitmproxy.exceptions import OptionsError
+
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(args, demo=args.command == "demo"))
+    except OptionsError as exc:
+        # A bad config file or option: the message lists every problem; a traceback would
+        # only bury it.
+        sys.stderr.write(f"kimi-free-api: {exc}\n")
+        return 2
     return 0
 
 

@@ -36,6 +36,7 @@ from mitmproxy.proxy import mode_specs, server_hooks
 
 from addon._config import Config, ConfigError, load_config
 from addon._ratelimit import CLIENT_ADDRESS_HEADER
+from addon._reload import ConfigReloader
 from addon._runtime import RELAY_SECRET_HEADER, Runtime, RuntimeSettings
 
 __all__ = ["KimiProxy", "addons"]
@@ -62,6 +63,7 @@ class KimiProxy:
     def __init__(self, *, verify: bool | str | ssl.SSLContext = True) -> None:
         self.verify = verify
         self.runtime: Runtime | None = None
+        self.reloader: ConfigReloader | None = None
         self.relay_address: tuple[str, int] | None = None
         self.config = Config()
         self.base_url = "https://kimi.moonshot.cn"
@@ -159,6 +161,13 @@ class KimiProxy:
         loader.add_option(
             "refresh_path", str, "/api/auth/token/refresh", "Path of Kimi's token refresh call."
         )
+        loader.add_option(
+            "config_poll_interval",
+            float,
+            2.0,
+            "Seconds between checks of the config file for changes, which reload it "
+            "(SIGHUP reloads too); 0 = only on SIGHUP.",
+        )
         # Offline interception must not connect to api.openai.com before our hook ran.
         ctx.options.update(connection_strategy="lazy")
 
@@ -182,7 +191,12 @@ class KimiProxy:
             raise exceptions.OptionsError(
                 f"kimi_dialect must be one of {', '.join(DIALECTS)}, got {opts.kimi_dialect!r}"
             )
-        for name in ("conversation_ttl", "precreate_conversations", "account_cooldown"):
+        for name in (
+            "conversation_ttl",
+            "precreate_conversations",
+            "account_cooldown",
+            "config_poll_interval",
+        ):
             if name in updated and getattr(opts, name) < 0:
                 raise exceptions.OptionsError(f"{name} must be >= 0")
         for name in (
@@ -262,10 +276,25 @@ class KimiProxy:
         assert parts.port is not None
         self.relay_address = (parts.hostname, parts.port)
         log.info("kimi-free-api relay ready; Kimi at %s", self.base_url)
+        if ctx.options.kimi_config:
+            self.reloader = ConfigReloader(
+                ctx.options.kimi_config,
+                self._reloaded,
+                interval=float(ctx.options.config_poll_interval),
+            )
+            self.reloader.start()
+
+    def _reloaded(self, config: Config) -> None:
+        """A new, valid config file: the runtime takes what can change live."""
+        assert self.runtime is not None
+        self.runtime.apply_config(config)
+        self.config = config
 
     async def done(self) -> None:
         # Async so that shutdown can delete the conversations we still hold. (mitmproxy's hot
         # reload of `-s` scripts calls `done` from sync code: restart instead of editing live.)
+        if self.reloader is not None:
+            await self.reloader.stop()
         if self.runtime is not None:
             await self.runtime.stop()
 

@@ -25,6 +25,7 @@ from ._chat import ChatService, ChatStats
 from ._kimi import call_counter
 from ._messages import add_messages_routes
 from ._metrics import Metrics, RequestRecord, endpoint_of
+from ._model_catalog import ModelCatalogs
 from ._ratelimit import CLIENT_ADDRESS_HEADER, RateLimiter
 from ._reply import JsonReply, Reply, SseReply, error_response, json_response
 
@@ -67,9 +68,11 @@ def build_app(
     metrics: Metrics | None = None,
     routes: Sequence[Callable[[web.Application], None]] = (),
     token_check_limit: RateLimiter | None = None,
+    catalogs: ModelCatalogs | None = None,
 ) -> web.Application:
     """The relay app. `routes` add more routes (before the catch-all 404); `metrics` is fed
-    one `RequestRecord` per request."""
+    one `RequestRecord` per request; `catalogs` (Connect dialect) lists Kimi's own models on
+    `/v1/models`."""
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -142,6 +145,8 @@ def build_app(
         return await chat.complete(body, _bearer(request), reply, stats)
 
     async def models(request: web.Request) -> web.StreamResponse:
+        if catalogs is not None:
+            return json_response(await catalogs.listing(_bearer(request), int(wall_clock())))
         return json_response(model_list(int(wall_clock())))
 
     async def model(request: web.Request) -> web.StreamResponse:

@@ -49,6 +49,7 @@ from ._conversations import ConversationKeeper, Resumption
 from ._dialects import Dialect, choose_dialect
 from ._fetch import FetchError
 from ._kimi import KimiClient
+from ._model_catalog import ModelCatalogs
 from ._reply import JsonReply, Reply, SseReply
 from ._store import Account
 from ._upload import UploadedFile, Uploader, UploadError
@@ -107,7 +108,9 @@ class ChatService:
         settings: ChatSettings,
         wall_clock: Callable[[], float],
         monotonic: Callable[[], float],
+        catalogs: ModelCatalogs | None = None,
     ) -> None:
+        self.catalogs = catalogs
         self.kimi = kimi
         self.pool = pool
         self.keeper = keeper
@@ -189,6 +192,8 @@ class ChatService:
         )
         stats.dialect = dialect.name
         token = await self._token(account)
+        if dialect.name == "connect" and self.catalogs is not None:
+            plan = await self.catalogs.apply(plan, token)  # Kimi's own model names
         resumption = self._resumption(plan, account)
         if resumption is not None:
             plan = resumption.plan

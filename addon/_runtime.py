@@ -31,6 +31,7 @@ from ._dialects import Dialect, choose_dialect
 from ._fetch import Fetcher, FetchPolicy, make_fetch_client
 from ._kimi import KimiClient
 from ._metrics import Metrics, add_health_routes
+from ._model_catalog import ModelCatalogs
 from ._refresh import refresh_grant
 from ._store import Account, Store
 from ._upload import Uploader
@@ -140,7 +141,12 @@ class Runtime:
             fetcher=fetcher,
             parse_timeout=s.file_parse_timeout,
         )
+        # Connect: model names (and /v1/models when Connect is the dialect) follow Kimi's own
+        # catalog (GetAvailableModels)
+        catalogs = ModelCatalogs(kimi, pool, clock=time.monotonic)
+        connect = choose_dialect(s.dialect, s.kimi_base_url).name == "connect"
         chat = ChatService(
+            catalogs=catalogs,
             kimi=kimi,
             pool=pool,
             keeper=keeper,
@@ -162,6 +168,7 @@ class Runtime:
             pool=pool,
             wall_clock=time.time,
             metrics=self.metrics,
+            catalogs=catalogs if connect else None,
             routes=[
                 lambda app: add_health_routes(
                     app,

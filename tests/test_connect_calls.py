@@ -42,6 +42,7 @@ def test_new_chat_call():
     assert dict(call.headers) == {
         "content-type": "application/connect+json",
         "connect-protocol-version": "1",
+        "x-msh-version": "2.0.0",
         "accept-encoding": "identity",
     }
     assert all(name == name.lower() for name, _ in call.headers)
@@ -74,6 +75,11 @@ def test_continued_chat_with_search_thinking_and_files():
     assert body["message"]["parent_id"] == "a-0001"
     assert body["message"]["blocks"][1:] == [{"file": {"id": "f1"}}, {"file": {"id": "f_2"}}]
     assert "kimiplus_id" not in body
+
+
+def test_a_catalog_model_id_goes_into_the_options():
+    body = payload_of(chat_call(plan(model="k2d6-chat", thinking=True)))
+    assert body["options"] == {"thinking": True, "model": "k2d6-chat"}
 
 
 def test_agent_flags_name_the_agent():
@@ -137,6 +143,7 @@ def test_delete_chat_call():
     assert dict(call.headers) == {
         "content-type": "application/json",
         "connect-protocol-version": "1",
+        "x-msh-version": "2.0.0",
     }
     other = delete_chat_call("x1", service="kimi.chat.v1.ChatService")
     assert other.path == "/apiv2/kimi.chat.v1.ChatService/DeleteChat"

@@ -58,15 +58,19 @@ _SERVICE: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+
 #: header values we build from token claims: visible ASCII only (no CR/LF injection)
 _HEADER_VALUE: Final = re.compile(r"[\x21-\x7e]{1,256}")
 
+#: Without it the gateway serves an older A/B bucket (a stale model list): research notes §B.4.
+MSH_VERSION: Final = ("x-msh-version", "2.0.0")
 _STREAM_HEADERS: Final = (
     ("content-type", "application/connect+json"),
     ("connect-protocol-version", "1"),
+    MSH_VERSION,
     # the decoder reads bytes as they arrive: no HTTP-level compression
     ("accept-encoding", "identity"),
 )
-_UNARY_HEADERS: Final = (
+UNARY_HEADERS: Final = (
     ("content-type", "application/json"),
     ("connect-protocol-version", "1"),
+    MSH_VERSION,
 )
 _SEARCH_TOOL: Final = {"type": "TOOL_TYPE_SEARCH", "search": {}}
 
@@ -122,6 +126,9 @@ def chat_call(
         payload["tools"] = [_SEARCH_TOOL]
     payload["message"] = message
     payload["options"] = {"thinking": flags.thinking}
+    if flags.model is not None:
+        # a catalog id from GetAvailableModels (see _connect_models), e.g. "k2d6-chat"
+        payload["options"]["model"] = flags.model
     # Only an agent scenario names a Kimi+ agent: the flags' default kimiplus_id ("kimi") is
     # the legacy dialect's, and sending it here would ask for an agent we do not mean.
     if flags.agent_mode is not None:
@@ -145,7 +152,7 @@ def delete_chat_call(chat_id: str, *, service: str = DELETE_CHAT_SERVICE) -> Kim
     return KimiCall(
         method="POST",
         path=f"/apiv2/{_service(service)}/DeleteChat",
-        headers=_UNARY_HEADERS,
+        headers=UNARY_HEADERS,
         json={"chat_id": validate_chat_id(chat_id)},
     )
 

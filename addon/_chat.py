@@ -37,6 +37,7 @@ from translator._kimi_errors import retry_after_seconds
 from translator._messages import flatten_messages
 from translator._request import plan_chat
 from translator._response import ResponseTranslator
+from translator._tool_prompt import plan_prompt
 
 from ._accounts import (
     AccessDenied,
@@ -340,7 +341,7 @@ class ChatService:
                 new_turns = plan.messages[prefix:]
                 new_plan = dataclasses.replace(
                     plan,
-                    prompt=flatten_messages(new_turns),
+                    prompt=plan_prompt(plan, flatten_messages(new_turns)),
                     files=tuple(f for m in new_turns for f in m.files),
                 )
                 return Resumption(

@@ -9,6 +9,11 @@ text, as the reference client did:
   files and message when the last message carries files (`LATEST_FILES_HINT`). Without it, Kimi
   tends to answer the first question of a long history.
 
+Tool calls: an assistant turn's `tool_calls` (or legacy `function_call`) are written after its text
+in the call protocol, and a `tool` (or legacy `function`) message as a `<tool_result>` block
+(`_tool_prompt.py`), so the model reads its earlier calls and their results in the form it is asked
+to use. Histories without them are flattened exactly as before.
+
 URLs in user text are wrapped in the web app's `<url …>` tag, which makes Kimi read the page;
 assistant, tool and system text is history, not a request to read a page, so it is not wrapped.
 """
@@ -22,6 +27,7 @@ from typing import Any, Final
 from ._dataurl import effective_mime, inline_name, kind_for_mime, parse_data_url
 from ._errors import LocalProtocolError
 from ._plan import FileKind, FileSource, InlineFile, Message, UrlFile
+from ._tool_prompt import assistant_text, render_result
 
 __all__ = [
     "LATEST_FILES_HINT",
@@ -94,7 +100,26 @@ def normalise_messages(messages: Sequence[Any]) -> tuple[Message, ...]:
         LocalProtocolError: a file URL that is neither http(s) nor a valid `data:` URL, or an
             empty inline file; `param` names the part.
     """
-    return tuple(_message(m, f"messages[{i}]") for i, m in enumerate(messages))
+    names: dict[str, str] = {}  # tool call id -> function name, for the results that follow
+    out: list[Message] = []
+    for i, raw in enumerate(messages):
+        message = _message(raw, f"messages[{i}]")
+        role = message.role
+        if role == "assistant" and (raw.get("tool_calls") or raw.get("function_call")):
+            calls = [c["function"] for c in raw.get("tool_calls") or ()]
+            names.update((c["id"], c["function"]["name"]) for c in raw.get("tool_calls") or ())
+            if raw.get("function_call"):
+                calls.append(raw["function_call"])
+            pairs = [(c["name"], c["arguments"]) for c in calls]
+            message = Message(role=role, text=assistant_text(message.text, pairs))
+        elif role == "tool":
+            call_id = raw["tool_call_id"]
+            text = render_result(names.get(call_id), call_id, message.text)
+            message = Message(role=role, text=text)
+        elif role == "function":
+            message = Message(role=role, text=render_result(raw["name"], None, message.text))
+        out.append(message)
+    return tuple(out)
 
 
 def _message(message: Mapping[str, Any], path: str) -> Message:

@@ -7,7 +7,8 @@ build `KimiCall`s from it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 __all__ = [
@@ -17,6 +18,8 @@ __all__ = [
     "KimiCall",
     "Message",
     "ModelFlags",
+    "OutputFormat",
+    "ToolSpec",
     "UrlFile",
 ]
 
@@ -80,6 +83,28 @@ class Message:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class ToolSpec:
+    """One function the client offers the model (`tools[i].function`, or a legacy
+    `functions[i]`). `parameters` is the JSON Schema of its arguments (an empty schema when
+    the client gave none); treat it as read-only."""
+
+    name: str
+    description: str = ""
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class OutputFormat:
+    """`response_format` when it asks for JSON: `json_object` (any object) or `json_schema`
+    (`schema` is the client's schema, `name` its name, `strict` as sent)."""
+
+    type: Literal["json_object", "json_schema"]
+    name: str = ""
+    schema: Mapping[str, Any] | None = None
+    strict: bool = False
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class ChatPlan:
     """Everything decided about one chat completion before any I/O."""
 
@@ -95,6 +120,19 @@ class ChatPlan:
     stream: bool = False
     include_usage: bool = False
     conversation_id: str | None = None
+    #: the functions offered (`tools`, or legacy `functions`); empty: a plain chat
+    tools: tuple[ToolSpec, ...] = ()
+    #: "auto" (the default), "none", "required", or the name of the one function to call
+    tool_choice: str = "auto"
+    #: False: at most one call per answer
+    parallel_tool_calls: bool = True
+    #: JSON output asked for (`response_format` json_object / json_schema); None: text
+    response_format: OutputFormat | None = None
+    #: the answer ends before the first of these (`stop`), never sent in part
+    stop: tuple[str, ...] = ()
+    #: `max_completion_tokens` (or `max_tokens`): the answer is cut at this many tokens, by the
+    #: estimate `usage` reports
+    max_tokens: int | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -6,9 +6,11 @@ from collections.abc import Mapping
 from typing import Any
 
 from ._errors import LocalProtocolError
+from ._json_schema import check_schema
 from ._messages import flatten_messages, normalise_messages, wrap_urls
 from ._models import resolve_model
-from ._plan import ChatPlan
+from ._plan import ChatPlan, OutputFormat, ToolSpec
+from ._tool_prompt import compose_prompt
 from ._validate import check_conversation_id, validate_request
 
 __all__ = ["plan_chat"]
@@ -47,8 +49,16 @@ def plan_chat(request: Mapping[str, Any]) -> ChatPlan:
                 code="missing_required_field",
             )
         prompt, files = wrap_urls(users[-1].text), users[-1].files
+    tools = _tools(request)
+    tool_choice = _tool_choice(request, tools)
+    parallel = request.get("parallel_tool_calls") is not False
+    output = _output_format(request)
+    prompt = compose_prompt(
+        prompt, tools=tools, tool_choice=tool_choice, parallel=parallel, output=output
+    )
     stream = request.get("stream") is True
     stream_options = request.get("stream_options") or {}
+    limit = request.get("max_completion_tokens") or request.get("max_tokens")
     return ChatPlan(
         model=request["model"],
         flags=flags,
@@ -59,4 +69,87 @@ def plan_chat(request: Mapping[str, Any]) -> ChatPlan:
         # OpenAI sends the usage chunk only on streams that asked for it.
         include_usage=stream and stream_options.get("include_usage") is True,
         conversation_id=conversation_id,
+        tools=tools,
+        tool_choice=tool_choice,
+        parallel_tool_calls=parallel,
+        response_format=output,
+        stop=_stop(request.get("stop")),
+        max_tokens=None if limit is None else int(limit),
     )
+
+
+def _tools(request: Mapping[str, Any]) -> tuple[ToolSpec, ...]:
+    """`tools` (or the legacy `functions`) as ToolSpecs; each schema must be a valid one."""
+    if request.get("tools"):
+        entries = [(t["function"], f"tools[{i}].function") for i, t in enumerate(request["tools"])]
+    else:
+        entries = [(f, f"functions[{i}]") for i, f in enumerate(request.get("functions") or ())]
+    specs: list[ToolSpec] = []
+    seen: set[str] = set()
+    for function, path in entries:
+        name = function["name"]
+        if name in seen:
+            raise LocalProtocolError(
+                f"{path}.name: the tool name {name!r} is declared twice",
+                param=f"{path}.name",
+                code="invalid_value",
+            )
+        seen.add(name)
+        parameters = function.get("parameters") or {}
+        check_schema(parameters, f"{path}.parameters")
+        specs.append(
+            ToolSpec(
+                name=name, description=function.get("description") or "", parameters=parameters
+            )
+        )
+    return tuple(specs)
+
+
+def _tool_choice(request: Mapping[str, Any], tools: tuple[ToolSpec, ...]) -> str:
+    """ "auto", "none", "required" or a declared function's name (from `tool_choice`, else the
+    legacy `function_call`)."""
+    choice = request.get("tool_choice")
+    param = "tool_choice"
+    if choice is None:
+        choice, param = request.get("function_call"), "function_call"
+    if choice is None:
+        return "auto"
+    if isinstance(choice, str):
+        if choice == "required" and not tools:
+            raise LocalProtocolError(
+                f"{param}: 'required' needs tools", param=param, code="invalid_value"
+            )
+        return choice
+    name: str
+    if param == "tool_choice":
+        name, param = choice["function"]["name"], "tool_choice.function.name"
+    else:
+        name, param = choice["name"], "function_call.name"
+    if name not in {t.name for t in tools}:
+        raise LocalProtocolError(
+            f"{param}: {name!r} is not one of the declared tools", param=param, code="invalid_value"
+        )
+    return name
+
+
+def _output_format(request: Mapping[str, Any]) -> OutputFormat | None:
+    response_format = request.get("response_format")
+    if response_format is None or response_format["type"] == "text":
+        return None
+    if response_format["type"] == "json_object":
+        return OutputFormat(type="json_object")
+    spec = response_format["json_schema"]
+    schema = spec.get("schema")
+    if schema is not None:
+        check_schema(schema, "response_format.json_schema.schema")
+    return OutputFormat(
+        type="json_schema", name=spec["name"], schema=schema, strict=spec.get("strict") is True
+    )
+
+
+def _stop(stop: str | list[str] | None) -> tuple[str, ...]:
+    """The stop strings; an empty one could never end anything and is dropped."""
+    if stop is None:
+        return ()
+    strings = [stop] if isinstance(stop, str) else stop
+    return tuple(dict.fromkeys(s for s in strings if s))

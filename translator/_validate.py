@@ -13,14 +13,18 @@ rather than silently answering something else:
 - `input_audio` content parts: Kimi's web chat takes no audio;
 - OpenAI `file_id`s (without `file_data`): we cannot read OpenAI's file store.
 
-Accepted with their types checked, but without effect because Kimi's web chat has no such knob:
-temperature, top_p, max_tokens, max_completion_tokens, stop, presence_penalty, frequency_penalty,
-logit_bias, logprobs, top_logprobs, user, seed, tools, tool_choice, parallel_tool_calls,
-response_format, modalities, metadata, store, service_tier, and a message's `name`, `refusal`,
-`tool_calls`, `function_call`, `tool_call_id`. Used: model, messages, stream,
-stream_options.include_usage, reasoning_effort (thinking on/off), and our own conversation_id and
-use_search. Legacy `function` messages are accepted (OpenAI still does) and flattened like the
-others. Unknown top-level fields are ignored, as OpenAI does; unknown fields inside messages and
+`max_tokens` / `max_completion_tokens` must be at least 1. Null means absent for every optional
+field, as OpenAI treats it (`"tools": null`, `"user": null`, a message's `"name": null`, ...).
+
+Used: model, messages (with an assistant's `tool_calls` / `function_call` and `tool` /
+`function` results rendered into the history), stream, stream_options.include_usage,
+reasoning_effort (thinking on/off), tools, tool_choice, parallel_tool_calls, legacy functions /
+function_call, response_format, stop, max_tokens, max_completion_tokens (see docs/tools.md), and
+our own conversation_id and use_search. Accepted with their types checked, but without effect
+because Kimi's web chat has no such knob: temperature, top_p, presence_penalty,
+frequency_penalty, logit_bias, logprobs, top_logprobs, user, seed, modalities, metadata, store,
+service_tier, a tool's `strict` (arguments are always validated), and a message's `name` and
+`refusal`. Unknown top-level fields are ignored, as OpenAI does; unknown fields inside messages and
 content parts are ignored too (clients replay extras such as `reasoning_content`).
 """
 
@@ -85,20 +89,13 @@ def _typed(*types: str) -> Check:
     return check
 
 
-def _nullable(inner: Check) -> Check:
-    def check(value: Any, path: str) -> None:
-        if value is not None:
-            inner(value, path)
-
-    return check
-
-
 def _ranged(kind: str, low: float | None = None, high: float | None = None) -> Check:
     def check(value: Any, path: str) -> None:
         _expect(value, path, kind)
         # Written as `value < low` like jsonschema's `minimum`, so both treat NaN alike.
         if (low is not None and value < low) or (high is not None and value > high):
-            raise _fail(path, f"must be between {low} and {high}, got {value!r}", "invalid_value")
+            wanted = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise _fail(path, f"must be {wanted}, got {value!r}", "invalid_value")
 
     return check
 
@@ -141,8 +138,11 @@ def _object(required: Mapping[str, Check], optional: Mapping[str, Check] | None 
         for key in required:
             if key not in value:
                 raise _fail(_child(path, key), "is required", "missing_required_field")
-        for key, field_check in (*required.items(), *(optional or {}).items()):
-            if key in value:
+        for key, field_check in required.items():
+            field_check(value[key], _child(path, key))
+        for key, field_check in (optional or {}).items():
+            # Null means absent for an optional field, as OpenAI treats it.
+            if value.get(key) is not None:
                 field_check(value[key], _child(path, key))
 
     return check
@@ -248,7 +248,6 @@ _MESSAGE = _tagged(
                 "name": _STRING,
                 "content": _by_type(
                     string=_STRING,
-                    null=_typed("null"),
                     array=_array(
                         _tagged(
                             "type",
@@ -256,15 +255,17 @@ _MESSAGE = _tagged(
                         )
                     ),
                 ),
-                "refusal": _nullable(_STRING),
+                "refusal": _STRING,
                 "tool_calls": _array(
                     _object({"id": _STRING, "type": _enum("function"), "function": _FUNCTION_CALL})
                 ),
-                "function_call": _nullable(_FUNCTION_CALL),
+                "function_call": _FUNCTION_CALL,
             },
         ),
         "tool": _object({"content": _TEXT_CONTENT, "tool_call_id": _STRING}),
-        "function": _object({"content": _nullable(_STRING), "name": _STRING}),
+        "function": _object(
+            {"content": _by_type(string=_STRING, null=_typed("null")), "name": _STRING}
+        ),
     },
 )
 
@@ -278,49 +279,53 @@ def _check_n(value: Any, path: str) -> None:
 
 
 _NAMED_FUNCTION = _object({"name": _STRING})
+_FUNCTION = _object(
+    {"name": _STRING},
+    {"description": _STRING, "parameters": _OBJECT, "strict": _BOOLEAN},
+)
+_JSON_SCHEMA_FORMAT = _object(
+    {"name": _STRING}, {"description": _STRING, "schema": _OBJECT, "strict": _BOOLEAN}
+)
 
 _FIELDS: Final[Mapping[str, Check]] = {
-    "stream": _nullable(_BOOLEAN),
-    "stream_options": _nullable(_object({}, {"include_usage": _BOOLEAN})),
-    "temperature": _nullable(_ranged("number", 0, 2)),
-    "top_p": _nullable(_ranged("number", 0, 1)),
-    "n": _nullable(_check_n),
-    "max_tokens": _nullable(_typed("integer")),
-    "max_completion_tokens": _nullable(_typed("integer")),
-    "stop": _nullable(_by_type(string=_STRING, array=_array(_STRING, max_items=4))),
-    "presence_penalty": _nullable(_ranged("number", -2, 2)),
-    "frequency_penalty": _nullable(_ranged("number", -2, 2)),
-    "logit_bias": _nullable(_values(_typed("integer"))),
-    "logprobs": _nullable(_BOOLEAN),
-    "top_logprobs": _nullable(_ranged("integer", 0, 20)),
+    "stream": _BOOLEAN,
+    "stream_options": _object({}, {"include_usage": _BOOLEAN}),
+    "temperature": _ranged("number", 0, 2),
+    "top_p": _ranged("number", 0, 1),
+    "n": _check_n,
+    "max_tokens": _ranged("integer", 1),
+    "max_completion_tokens": _ranged("integer", 1),
+    "stop": _by_type(string=_STRING, array=_array(_STRING, max_items=4)),
+    "presence_penalty": _ranged("number", -2, 2),
+    "frequency_penalty": _ranged("number", -2, 2),
+    "logit_bias": _values(_typed("integer")),
+    "logprobs": _BOOLEAN,
+    "top_logprobs": _ranged("integer", 0, 20),
     "user": _STRING,
-    "seed": _nullable(_typed("integer")),
-    "tools": _array(
-        _object(
-            {
-                "type": _enum("function"),
-                "function": _object(
-                    {"name": _STRING},
-                    {"description": _STRING, "parameters": _OBJECT, "strict": _nullable(_BOOLEAN)},
-                ),
-            }
-        )
-    ),
+    "seed": _typed("integer"),
+    "tools": _array(_object({"type": _enum("function"), "function": _FUNCTION})),
     "tool_choice": _by_type(
         string=_enum("none", "auto", "required"),
         object=_object({"type": _enum("function"), "function": _NAMED_FUNCTION}),
     ),
     "parallel_tool_calls": _BOOLEAN,
-    "response_format": _object(
-        {"type": _enum("text", "json_object", "json_schema")}, {"json_schema": _OBJECT}
+    "functions": _array(_FUNCTION, min_items=1, max_items=128),
+    "function_call": _by_type(string=_enum("none", "auto"), object=_NAMED_FUNCTION),
+    "response_format": _tagged(
+        "type",
+        {
+            "text": _OBJECT,
+            "json_object": _OBJECT,
+            "json_schema": _object({"json_schema": _JSON_SCHEMA_FORMAT}),
+        },
     ),
-    "reasoning_effort": _nullable(_enum("none", "minimal", "low", "medium", "high", "xhigh")),
-    "modalities": _nullable(_array(_enum("text", "audio"))),
-    "metadata": _nullable(_values(_STRING)),
-    "store": _nullable(_BOOLEAN),
-    "service_tier": _nullable(_STRING),
-    "conversation_id": _nullable(_STRING),
-    "use_search": _nullable(_BOOLEAN),
+    "reasoning_effort": _enum("none", "minimal", "low", "medium", "high", "xhigh"),
+    "modalities": _array(_enum("text", "audio")),
+    "metadata": _values(_STRING),
+    "store": _BOOLEAN,
+    "service_tier": _STRING,
+    "conversation_id": _STRING,
+    "use_search": _BOOLEAN,
 }
 
 

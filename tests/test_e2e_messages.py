@@ -261,7 +261,9 @@ async def test_tool_result_history_reaches_kimi(fake, dialect, proxy):
     (conversation,) = used_conversations(fake)
     prompt = conversation.messages[-1].text
     assert "the secret is 42" in prompt
-    assert prompt.rstrip().endswith("what does it say?")
+    # the history comes first; the tool instructions (docs/tools.md) follow it
+    history = prompt.split("\n\n<tool_instructions>\n", 1)[0]
+    assert history.rstrip().endswith("what does it say?")
 
 
 # --- errors, auth, count_tokens, models -------------------------------------------------------

@@ -6,8 +6,13 @@ Every body and event is validated against schemas/anthropic; the SDK's own types
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
+import io
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -417,3 +422,26 @@ async def test_models_by_id_and_warm_up(proxy):
     assert missing.json()["error"]["code"] == "model_not_found"
     assert_valid("openai.models", listing.json())
     assert head.status_code == 200
+
+
+# --- the README's example ---------------------------------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+async def test_readme_example_runs(fake, dialect, proxy):
+    section = README.read_text(encoding="utf-8").split("## Anthropic Messages API", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.DOTALL)
+    assert code is not None
+    source = code.group(1).replace("http://127.0.0.1:8000", proxy.url)
+    source = source.replace("<your Kimi refresh_token>", TOKEN)
+    output = io.StringIO()
+
+    def run() -> None:
+        with contextlib.redirect_stdout(output):
+            exec(compile(source, str(README), "exec"), {})
+
+    await asyncio.to_thread(run)
+    printed = output.getvalue()
+    assert "user:What is the capital of France?" in printed
+    assert "Echo: Why is the sky blue?" in printed

@@ -28,6 +28,7 @@ from ._metrics import Metrics, RequestRecord, endpoint_of
 from ._model_catalog import ModelCatalogs
 from ._ratelimit import CLIENT_ADDRESS_HEADER, RateLimiter
 from ._reply import JsonReply, Reply, SseReply, error_response, json_response
+from ._responses import ResponsesService, read_json
 
 __all__ = ["RELAY_SECRET_HEADER", "build_app"]
 
@@ -37,13 +38,16 @@ RELAY_SECRET_HEADER = "x-kimi-free-api-relay"
 
 CORS_HEADERS = {
     "access-control-allow-origin": "*",
-    "access-control-allow-methods": "GET, POST, OPTIONS",
+    "access-control-allow-methods": "GET, POST, DELETE, OPTIONS",
     "access-control-allow-headers": "authorization, content-type, openai-organization, "
     "openai-project, x-stainless-*, *",
     "access-control-max-age": "86400",
 }
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+#: paths whose log line reports the chat service's status (a stream's failure comes after 200)
+_SERVED_BY_CHAT = ("/completions", "/messages", "/responses")
 
 STATS = web.RequestKey("kimi_free_api_stats", ChatStats)
 
@@ -112,11 +116,7 @@ def build_app(
             method=request.method,
             path=request.path,
             endpoint=endpoint_of(request),
-            status=(
-                stats.status
-                if request.path.endswith(("/completions", "/messages"))
-                else response.status
-            ),
+            status=stats.status if request.path.endswith(_SERVED_BY_CHAT) else response.status,
             model=stats.model,
             dialect=stats.dialect,
             account=stats.account_index,
@@ -143,6 +143,25 @@ def build_app(
         stream = isinstance(body, dict) and body.get("stream") is True
         reply: Reply = SseReply(request) if stream else JsonReply()
         return await chat.complete(body, _bearer(request), reply, stats)
+
+    responses = ResponsesService(
+        chat=chat, store=chat.keeper.store, pool=pool, wall_clock=wall_clock
+    )
+
+    async def create_response(request: web.Request) -> web.StreamResponse:
+        stats = request[STATS]
+        try:
+            body = await read_json(request)
+        except LocalProtocolError as err:
+            stats.status = err.status
+            return error_response(err)
+        return await responses.create(body, _bearer(request), request, stats)
+
+    async def get_response(request: web.Request) -> web.StreamResponse:
+        return await responses.retrieve(request.match_info["id"], _bearer(request))
+
+    async def delete_response(request: web.Request) -> web.StreamResponse:
+        return await responses.delete(request.match_info["id"], _bearer(request))
 
     async def models(request: web.Request) -> web.StreamResponse:
         if catalogs is not None:
@@ -225,7 +244,8 @@ def build_app(
         return _openai_error(
             404,
             f"Unknown request URL: {request.method} {request.path}. "
-            "This proxy serves /v1/chat/completions, /v1/models, /token/check and /ping.",
+            "This proxy serves /v1/chat/completions, /v1/responses, /v1/models, /token/check "
+            "and /ping.",
             type_="invalid_request_error",
             code="unknown_url",
         )
@@ -235,6 +255,9 @@ def build_app(
         app.router.add_post(prefix + "/chat/completions", chat_completions)
         app.router.add_get(prefix + "/models", models)
         app.router.add_get(prefix + "/models/{model_id}", model)
+        app.router.add_post(prefix + "/responses", create_response)
+        app.router.add_get(prefix + "/responses/{id}", get_response)
+        app.router.add_delete(prefix + "/responses/{id}", delete_response)
     add_messages_routes(app, chat=chat, pool=pool, stats_key=STATS)
     app.router.add_route("HEAD", "/", warm_up)
     app.router.add_get("/v1/accounts", accounts)

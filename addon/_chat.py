@@ -263,6 +263,10 @@ class ChatService:
                 conversation_id = live.conversation_id
                 created_here = True
             final = live.close()
+            note = getattr(reply, "note_conversation", None)
+            if note is not None and conversation_id:
+                # A face that stores answers (the Responses API) learns where this one lives.
+                note(account.id, dialect.name, conversation_id, live.last_message_id or "")
             response = await reply.finish(final)
             # A moderation stop ends the conversation's use: it is deleted at once.
             finished = live.finish_reason != "content_filter"

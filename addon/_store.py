@@ -46,6 +46,7 @@ from ._store_records import (
     account_from_row,
     view_from_row,
 )
+from ._store_responses import ResponseMethods, StoredResponse
 
 __all__ = [
     "MIGRATIONS",
@@ -58,6 +59,7 @@ __all__ = [
     "PendingDeletion",
     "Store",
     "StoreError",
+    "StoredResponse",
 ]
 
 
@@ -87,7 +89,7 @@ _UNPROVEN = (
 )
 
 
-class Store(QueueMethods, LockMethods):
+class Store(QueueMethods, LockMethods, ResponseMethods):
     """The SQLite account store. One instance per process; several processes may share a file.
 
     Raises:

@@ -98,6 +98,20 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE pending_deletions ADD COLUMN claimed_by TEXT;
     ALTER TABLE pending_deletions ADD COLUMN claimed_until REAL
     """,
+    # 4: stored Responses API answers (previous_response_id; see _store_responses.py).
+    """
+    CREATE TABLE responses (
+        id TEXT PRIMARY KEY,
+        account_id TEXT NOT NULL REFERENCES accounts (id) ON DELETE CASCADE,
+        conversation_id TEXT NOT NULL,
+        previous_response_id TEXT,
+        dialect TEXT,
+        response TEXT NOT NULL,
+        input_items TEXT NOT NULL,
+        created_at REAL NOT NULL
+    );
+    CREATE INDEX responses_conversation ON responses (conversation_id, created_at)
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -29,6 +29,7 @@ SCHEMA_NAMES: dict[str, str] = {
     "openai.responses.request": "openai/CreateResponse.json",
     "openai.responses.response": "openai/Response.json",
     "openai.responses.event": "openai/ResponseStreamEvent.json",
+    "openai.responses.deleted": "openai/responses-deleted.json",
     "kimi.completion_request": "kimi/completion-request.json",
     "kimi.event": "kimi/stream-event.json",
     "kimi.connect_request": "kimi/connect-chat-request.json",

@@ -158,6 +158,14 @@ from ._request import (
 from ._response import (
     ResponseTranslator,
 )
+from ._responses_request import (
+    ResponsesPlan,
+    plan_responses,
+)
+from ._responses_stream import (
+    ResponsesEncoder,
+    fold_response,
+)
 from ._sse import (
     DEFAULT_MAX_BYTES,
     SSE_DONE,
@@ -278,6 +286,8 @@ __all__ = [
     "ReasoningDelta",
     "RemoteProtocolError",
     "ResponseTranslator",
+    "ResponsesEncoder",
+    "ResponsesPlan",
     "SSEDecoder",
     "SearchResult",
     "ServerSentEvent",
@@ -320,6 +330,7 @@ __all__ = [
     "flatten_messages",
     "fold_completion",
     "fold_message",
+    "fold_response",
     "inline_name",
     "is_moderation",
     "kimi_error",
@@ -333,6 +344,7 @@ __all__ = [
     "parse_process_call",
     "plan_chat",
     "plan_prompt",
+    "plan_responses",
     "presign_call",
     "read_model_catalog",
     "refresh_token_call",

@@ -1,0 +1,206 @@
+"""End to end for the Responses API face: the openai SDK (`responses.create`, `responses.stream`,
+`retrieve`, `delete`) → a real mitmproxy with our addon → the fake Kimi, in both dialects.
+
+Every body and event the client got is validated against schemas/openai/responses-*.json;
+assertions are also on what the fake upstream recorded.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from tests.proxy_harness import running_proxy
+from tests.schema_check import assert_valid
+from tests.test_e2e_dialects import (
+    TOKEN,
+    sdk,
+    stream_calls,
+    texts,
+    used_conversations,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
+
+
+@pytest.fixture
+async def proxy(fake, dialect, tmp_path):
+    async with running_proxy(fake.base_url, tmp_path, kimi_dialect=dialect) as p:
+        yield p
+
+
+def valid_response(response: Any) -> dict[str, Any]:
+    body = response if isinstance(response, dict) else response.to_dict(warnings=False)
+    assert_valid("openai.responses.response", body)
+    return body
+
+
+def valid_events(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    for event in events:
+        assert_valid("openai.responses.event", event)
+    assert [e["sequence_number"] for e in events] == list(range(len(events)))
+    return events
+
+
+async def raw_events(proxy, body: dict[str, Any], token: str = TOKEN) -> list[dict[str, Any]]:
+    """POST a streamed response with httpx: every event, checked against its `event:` line."""
+    async with (
+        httpx.AsyncClient(timeout=30) as http,
+        http.stream(
+            "POST",
+            proxy.url + "/v1/responses",
+            json={**body, "stream": True},
+            headers={"authorization": f"Bearer {token}"},
+        ) as resp,
+    ):
+        assert resp.status_code == 200, await resp.aread()
+        assert resp.headers["content-type"].startswith("text/event-stream")
+        names: list[str] = []
+        events: list[dict[str, Any]] = []
+        async for line in resp.aiter_lines():
+            if line.startswith("event: "):
+                names.append(line[7:])
+            elif line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    assert names == [e["type"] for e in events]
+    return valid_events(events)
+
+
+async def test_create_stream_and_whole(fake, dialect, proxy):
+    async with sdk(proxy) as client:
+        whole = await client.responses.create(model="kimi", input="whole please")
+        async with client.responses.stream(model="kimi", input="streamed please") as stream:
+            events = [e.to_dict(warnings=False) async for e in stream]
+            final = await stream.get_final_response()
+    body = valid_response(whole)
+    assert body["status"] == "completed"
+    assert whole.output_text == "Echo: whole please"
+    assert body["usage"]["output_tokens"] > 0
+    valid_events(events)
+    kinds = [e["type"] for e in events]
+    assert kinds[:2] == ["response.created", "response.in_progress"]
+    assert kinds[-1] == "response.completed"
+    deltas = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert deltas == "Echo: streamed please" == final.output_text
+    assert len(stream_calls(fake, dialect)) == 2
+
+
+async def test_raw_stream_names_every_event(fake, dialect, proxy):
+    events = await raw_events(proxy, {"model": "kimi", "input": "raw bytes"})
+    completed = events[-1]["response"]
+    assert completed["output"][0]["content"][0]["text"] == "Echo: raw bytes"
+
+
+async def test_previous_response_id_continues_the_conversation(fake, dialect, proxy):
+    async with sdk(proxy) as client:
+        first = await client.responses.create(model="kimi", input="turn one")
+        second = await client.responses.create(
+            model="kimi", input="turn two", previous_response_id=first.id
+        )
+        async with client.responses.stream(
+            model="kimi", input="turn three", previous_response_id=second.id
+        ) as stream:
+            third = await stream.get_final_response()
+    for response in (first, second, third):
+        valid_response(response)
+    assert second.previous_response_id == first.id
+    # Only the new input reached Kimi, into the one conversation.
+    assert third.output_text == "Echo: turn three"
+    used = used_conversations(fake)
+    assert len(used) == 1
+    assert texts(used[0]) == ["turn one", "turn two", "turn three"]
+
+
+async def test_unknown_previous_response_id_is_a_404(fake, dialect, proxy):
+    async with sdk(proxy) as client:
+        with pytest.raises(openai.NotFoundError) as caught:
+            await client.responses.create(
+                model="kimi", input="hello", previous_response_id="resp_nope"
+            )
+    body = caught.value.body
+    assert caught.value.status_code == 404
+    assert_valid("openai.error", {"error": body})
+    assert body["param"] == "previous_response_id"
+    assert not stream_calls(fake, dialect)
+
+
+async def test_get_and_delete(fake, dialect, proxy):
+    async with sdk(proxy) as client:
+        created = await client.responses.create(model="kimi", input="keep me")
+        got = await client.responses.retrieve(created.id)
+        assert valid_response(got) == valid_response(created)
+        await client.responses.delete(created.id)
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve(created.id)
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.create(
+                model="kimi", input="again", previous_response_id=created.id
+            )
+    conversation = used_conversations(fake)[0]
+    await wait_for(lambda: conversation.deleted_at is not None)
+
+
+async def test_another_client_cannot_see_a_response(fake, dialect, proxy):
+    async with sdk(proxy) as client:
+        created = await client.responses.create(model="kimi", input="mine")
+    async with sdk(proxy, token="refresh-bob") as other:
+        with pytest.raises(openai.NotFoundError):
+            await other.responses.retrieve(created.id)
+        with pytest.raises(openai.NotFoundError):
+            await other.responses.delete(created.id)
+
+
+async def test_store_false_is_not_kept(fake, dialect, proxy):
+    async with sdk(proxy) as client:
+        created = await client.responses.create(model="kimi", input="forget me", store=False)
+        assert valid_response(created)["store"] is False
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve(created.id)
+
+
+async def test_instructions_and_history_items(fake, dialect, proxy):
+    async with sdk(proxy) as client:
+        result = await client.responses.create(
+            model="kimi",
+            instructions="be brief",
+            input=[
+                {"role": "user", "content": "first question"},
+                {
+                    "type": "message",
+                    "role": "assistant",
+                    "content": [{"type": "output_text", "text": "first answer"}],
+                },
+                {"role": "user", "content": [{"type": "input_text", "text": "second question"}]},
+            ],
+        )
+    valid_response(result)
+    assert result.instructions == "be brief"
+    sent = texts(used_conversations(fake)[0])[0]
+    assert "system:be brief" in sent
+    assert "assistant:first answer" in sent
+    assert sent.endswith("user:second question")
+
+
+async def test_bad_input_names_the_responses_field(fake, dialect, proxy):
+    async with sdk(proxy) as client:
+        with pytest.raises(openai.BadRequestError) as caught:
+            await client.responses.create(
+                model="kimi",
+                input=[
+                    {"role": "user", "content": "look"},
+                    {
+                        "role": "user",
+                        "content": [{"type": "input_image", "image_url": "ftp://x/y.png"}],
+                    },
+                ],
+            )
+    body = caught.value.body
+    assert_valid("openai.error", {"error": body})
+    assert body["param"] == "input[1].content[0].image_url"
+    assert body["message"].startswith("input[1].content[0].image_url:")
+    assert not stream_calls(fake, dialect)

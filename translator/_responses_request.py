@@ -56,7 +56,6 @@ from ._validate import (
     _enum,
     _expect,
     _fail,
-    _nullable,
     _object,
     _ranged,
     _tagged,
@@ -79,8 +78,8 @@ def _check_image(part: Any, path: str) -> None:
     _object(
         {},
         {
-            "image_url": _nullable(_STRING),
-            "file_id": _nullable(_STRING),
+            "image_url": _STRING,
+            "file_id": _STRING,
             "detail": _enum("auto", "low", "high", "original"),
         },
     )(part, path)
@@ -96,7 +95,7 @@ def _check_file(part: Any, path: str) -> None:
             "file_data": _STRING,
             "file_url": _STRING,
             "filename": _STRING,
-            "file_id": _nullable(_STRING),
+            "file_id": _STRING,
         },
     )(part, path)
     if "file_data" not in part and "file_url" not in part:
@@ -207,9 +206,9 @@ def _refuse(message: str) -> Check:
 _FUNCTION_TOOL = _object(
     {"name": _STRING},
     {
-        "description": _nullable(_STRING),
-        "parameters": _nullable(_OBJECT),
-        "strict": _nullable(_BOOLEAN),
+        "description": _STRING,
+        "parameters": _OBJECT,
+        "strict": _BOOLEAN,
     },
 )
 
@@ -243,37 +242,35 @@ _FORMAT = _tagged(
         "json_object": _ANY,
         "json_schema": _object(
             {"name": _STRING, "schema": _OBJECT},
-            {"description": _STRING, "strict": _nullable(_BOOLEAN)},
+            {"description": _STRING, "strict": _BOOLEAN},
         ),
     },
 )
 
 _FIELDS: Final[Mapping[str, Check]] = {
     "input": _by_type(string=_STRING, array=_array(_check_item)),
-    "instructions": _nullable(_STRING),
-    "stream": _nullable(_BOOLEAN),
-    "store": _nullable(_BOOLEAN),
-    "previous_response_id": _nullable(_STRING),
-    "tools": _nullable(_array(_check_tool)),
+    "instructions": _STRING,
+    "stream": _BOOLEAN,
+    "store": _BOOLEAN,
+    "previous_response_id": _STRING,
+    "tools": _array(_check_tool),
     "tool_choice": _check_tool_choice,
-    "parallel_tool_calls": _nullable(_BOOLEAN),
-    "text": _nullable(_object({}, {"format": _FORMAT, "verbosity": _ANY})),
-    "reasoning": _nullable(
-        _object(
-            {},
-            {
-                "effort": _nullable(_enum("none", "minimal", "low", "medium", "high", "xhigh")),
-                "summary": _ANY,
-            },
-        )
+    "parallel_tool_calls": _BOOLEAN,
+    "text": _object({}, {"format": _FORMAT, "verbosity": _ANY}),
+    "reasoning": _object(
+        {},
+        {
+            "effort": _enum("none", "minimal", "low", "medium", "high", "xhigh"),
+            "summary": _ANY,
+        },
     ),
-    "max_output_tokens": _nullable(_ranged("integer", 1)),
-    "temperature": _nullable(_ranged("number", 0, 2)),
-    "top_p": _nullable(_ranged("number", 0, 1)),
-    "user": _nullable(_STRING),
-    "metadata": _nullable(_values(_STRING)),
-    "include": _nullable(_array(_STRING)),
-    "use_search": _nullable(_BOOLEAN),
+    "max_output_tokens": _ranged("integer", 1),
+    "temperature": _ranged("number", 0, 2),
+    "top_p": _ranged("number", 0, 1),
+    "user": _STRING,
+    "metadata": _values(_STRING),
+    "include": _array(_STRING),
+    "use_search": _BOOLEAN,
     "background": _refuse("background responses are not supported: answer in the foreground"),
     "conversation": _refuse(
         "OpenAI conversations are not supported: use previous_response_id to continue"

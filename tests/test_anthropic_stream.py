@@ -28,7 +28,9 @@ from translator import (
     fold_message,
     thinking_signature,
 )
+from translator._connect_stream import ConnectDecoder
 from translator._legacy_stream import LegacyDecoder
+from translator._response import ResponseTranslator
 from translator._sse import SSEDecoder
 
 EVENT = pydantic.TypeAdapter(anthropic.types.RawMessageStreamEvent)
@@ -283,8 +285,6 @@ def test_error_mapping(err, status, kind):
 
 # --- chunking invariance (style.md R9) ---------------------------------------------------------
 
-SCENARIOS = [n for n in list_scenarios("legacy") if load_scenario(n).expected.get("error") is None]
-
 
 def cutter(points):
     def cut(body):
@@ -292,6 +292,35 @@ def cutter(points):
         return [body[a:b] for a, b in zip([0, *marks], [*marks, len(body)], strict=True)]
 
     return cut
+
+
+def chunks_of(dialect: str, name: str, points: list[int]) -> list[dict[str, Any]] | None:
+    """The chat chunks of a golden exchange fed in pieces cut at `points`; None when it ends in
+    an error (no Message then)."""
+    scenario = load_scenario(name, dialect)
+    if dialect == "legacy":
+        result = replay(scenario, LegacyDecoder, cutter(points))
+        return None if result["raised"] else result["chunks"]
+    translator = ResponseTranslator(
+        ConnectDecoder(), completion_id=None, model="kimi", created=1, include_usage=True
+    )
+    chunks: list[dict[str, Any]] = []
+    try:
+        for piece in cutter(points)(scenario.upstream):
+            chunks += translator.feed(piece)
+        chunks += translator.close()
+    except RemoteProtocolError:
+        return None
+    return chunks
+
+
+#: the golden exchanges of both dialects that end in an answer (errors end before a Message)
+SCENARIOS = [
+    (dialect, name)
+    for dialect in ("legacy", "connect")
+    for name in list_scenarios(dialect)
+    if chunks_of(dialect, name, []) is not None
+]
 
 
 def deltas(events: list[dict[str, Any]]) -> dict[str, str]:
@@ -305,16 +334,20 @@ def deltas(events: list[dict[str, Any]]) -> dict[str, str]:
     return out
 
 
-def encode_replay(name: str, points: list[int]) -> list[dict[str, Any]]:
-    result = replay(load_scenario(name), LegacyDecoder, cutter(points))
-    assert result["raised"] is None
-    return run(result["chunks"])
+def encode_replay(dialect: str, name: str, points: list[int]) -> list[dict[str, Any]]:
+    chunks = chunks_of(dialect, name, points)
+    assert chunks is not None
+    return run(chunks)
+
+
+def test_both_dialects_have_answer_fixtures():
+    assert {d for d, _ in SCENARIOS} == {"legacy", "connect"}
 
 
 @given(st.sampled_from(SCENARIOS), st.lists(st.integers(0, 10_000), max_size=12))
-def test_fixtures_give_the_same_message_under_any_split(name, points):
-    whole = encode_replay(name, [])
-    split = encode_replay(name, points)
+def test_fixtures_give_the_same_message_under_any_split(scenario, points):
+    whole = encode_replay(*scenario, [])
+    split = encode_replay(*scenario, points)
     assert fold_message(split) == check(whole)
     assert deltas(split) == deltas(whole)
 

@@ -163,14 +163,18 @@ def build_app(
     async def delete_response(request: web.Request) -> web.StreamResponse:
         return await responses.delete(request.match_info["id"], _bearer(request))
 
-    async def models(request: web.Request) -> web.StreamResponse:
+    async def listing(request: web.Request) -> dict[str, Any]:
         if catalogs is not None:
-            return json_response(await catalogs.listing(_bearer(request), int(wall_clock())))
-        return json_response(model_list(int(wall_clock())))
+            return await catalogs.listing(_bearer(request), int(wall_clock()))
+        return model_list(int(wall_clock()))
+
+    async def models(request: web.Request) -> web.StreamResponse:
+        return json_response(await listing(request))
 
     async def model(request: web.Request) -> web.StreamResponse:
+        # The same models /v1/models lists (Kimi's own catalog where it has one).
         model_id = request.match_info["model_id"]
-        for entry in model_list(int(wall_clock()))["data"]:
+        for entry in (await listing(request))["data"]:
             if entry["id"] == model_id:
                 return json_response(entry)
         return _openai_error(

@@ -422,6 +422,14 @@ async def test_models_by_id_and_warm_up(proxy):
     assert missing.json()["error"]["code"] == "model_not_found"
     assert_valid("openai.models", listing.json())
     assert head.status_code == 200
+    # With a token, the listing may be Kimi's own catalog (Connect): every id in it resolves.
+    auth = {"authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(headers=auth) as http:
+        listed = (await http.get(proxy.url + "/v1/models")).json()["data"]
+        for entry in listed:
+            one = await http.get(proxy.url + "/v1/models/" + entry["id"])
+            assert one.status_code == 200
+            assert one.json() == entry
 
 
 # --- the README's example ---------------------------------------------------------------------

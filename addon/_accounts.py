@@ -182,13 +182,22 @@ class AccountPool:
             )
             for a in config.accounts
         }
+        # A key without an account list may use every configured account and every account
+        # added on the admin page.
+        everyone = [a.id for a in by_label.values()]
+        everyone += [i for i in self.store.admin_account_ids() if i not in everyone]
         self.store.replace_gateway_keys(
-            (k.key, k.label, [by_label[x].id for x in (k.accounts or tuple(by_label))])
+            (k.key, k.label, [by_label[x].id for x in k.accounts] if k.accounts else everyone)
             for k in config.keys
         )
         self.require_key = config.refuses_raw_tokens
         self._admin_hash = None if config.admin_key is None else hash_key(config.admin_key)
         return by_label
+
+    @property
+    def admin_hash(self) -> str | None:
+        """The hash of the configured admin key (None: no admin key, the admin API is off)."""
+        return self._admin_hash
 
     def is_admin(self, credentials: str) -> bool:
         """True when `credentials` (a bearer value) is the configured admin key."""
@@ -437,6 +446,13 @@ class AccountPool:
         now = self._clock()
         current = self.store.get_accounts(ids)
         candidates = [current[i] for i in ids if i in current and i not in exclude]
+        if candidates and all(a.view.disabled for a in candidates):
+            raise NoAccountAvailable(
+                "every account this key may use is disabled by the admin",
+                status=503,
+                code="accounts_disabled",
+            )
+        candidates = [a for a in candidates if not a.view.disabled]
         if not candidates:
             raise NoAccountAvailable(
                 "every account was tried and failed", status=503, code="accounts_exhausted"

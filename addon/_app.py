@@ -49,6 +49,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 #: paths whose log line reports the chat service's status (a stream's failure comes after 200)
 _SERVED_BY_CHAT = ("/completions", "/messages", "/responses")
 
+#: told about every finished request (the admin page's usage log)
+RequestObserver = Callable[[web.Request, web.StreamResponse, RequestRecord, ChatStats], None]
+
 STATS = web.RequestKey("kimi_free_api_stats", ChatStats)
 
 
@@ -71,6 +74,7 @@ def build_app(
     wall_clock: Callable[[], float],
     metrics: Metrics | None = None,
     routes: Sequence[Callable[[web.Application], None]] = (),
+    on_request: Sequence[RequestObserver] = (),
     token_check_limit: RateLimiter | None = None,
     catalogs: ModelCatalogs | None = None,
 ) -> web.Application:
@@ -129,6 +133,11 @@ def build_app(
         log.info("%s", record.text(), extra={"request_fields": record.fields()})
         if metrics is not None:
             metrics.observe(record)
+        for observe in on_request:
+            try:
+                observe(request, response, record, stats)
+            except Exception:  # a broken observer must not break the reply
+                log.exception("request observer failed")
         return response
 
     async def chat_completions(request: web.Request) -> web.StreamResponse:

@@ -38,6 +38,7 @@ from translator._messages import flatten_messages
 from translator._request import plan_chat
 from translator._response import ResponseTranslator
 from translator._tool_prompt import plan_prompt
+from translator._usage import estimate_tokens
 
 from ._accounts import (
     AccessDenied,
@@ -88,6 +89,10 @@ class ChatStats:
     upstream_calls: int = 0
     first_byte_at: float | None = None
     failovers: int = 0
+    #: the account that served (for the admin page's per-account usage; never in the log line)
+    account_id: str | None = None
+    #: estimated tokens of the prompt and the answer (the `usage` heuristic)
+    tokens: int = 0
 
 
 class _BeforeStart(Exception):
@@ -150,6 +155,7 @@ class ChatService:
                 account = lease.account
                 assert account is not None
                 stats.account_index = lease.index
+                stats.account_id = account.id
                 try:
                     result = await self._attempt(plan, account, reply, stats)
                 except _BeforeStart as exc:
@@ -268,6 +274,7 @@ class ChatService:
                 # A face that stores answers (the Responses API) learns where this one lives.
                 note(account.id, dialect.name, conversation_id, live.last_message_id or "")
             response = await reply.finish(final)
+            stats.tokens = estimate_tokens(plan.prompt) + estimate_tokens(live.content)
             # A moderation stop ends the conversation's use: it is deleted at once.
             finished = live.finish_reason != "content_filter"
             if (

@@ -23,6 +23,7 @@ from aiohttp import web
 from translator import KimiCall
 
 from ._accounts import AccountPool, TokenGrant
+from ._admin import add_admin_routes, usage_recorder
 from ._app import RELAY_SECRET_HEADER, build_app
 from ._chat import ChatService, ChatSettings
 from ._config import Config, ConfigError
@@ -35,6 +36,7 @@ from ._model_catalog import ModelCatalogs
 from ._refresh import refresh_grant
 from ._store import Account, Store
 from ._upload import Uploader
+from ._usage import UsageLog
 
 __all__ = ["LIVE_OPTIONS", "RELAY_SECRET_HEADER", "Runtime", "RuntimeSettings"]
 
@@ -78,6 +80,8 @@ class Runtime:
         self.store: Store | None = None
         self.pool: AccountPool | None = None
         self.metrics = Metrics()
+        #: the last day of requests, for the admin page
+        self.usage = UsageLog(time.time)
         #: the config in force (replaced by a reload)
         self.config = settings.config
 
@@ -169,7 +173,14 @@ class Runtime:
             wall_clock=time.time,
             metrics=self.metrics,
             catalogs=catalogs if connect else None,
+            on_request=[usage_recorder(pool, self.usage)],
             routes=[
+                lambda app: add_admin_routes(
+                    app,
+                    pool=pool,
+                    usage=self.usage,
+                    reapply=lambda: pool.apply_config(self.config),
+                ),
                 lambda app: add_health_routes(
                     app,
                     metrics=self.metrics,

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import cast
 
 from ._secrets import constant_time_equal, fingerprint, hash_key, new_salt, redact
+from ._store_admin import AdminMethods
 from ._store_locks import LockMethods
 from ._store_queues import QueueMethods
 from ._store_records import (
@@ -89,7 +90,7 @@ _UNPROVEN = (
 )
 
 
-class Store(QueueMethods, LockMethods, ResponseMethods):
+class Store(QueueMethods, LockMethods, ResponseMethods, AdminMethods):
     """The SQLite account store. One instance per process; several processes may share a file.
 
     Raises:
@@ -449,10 +450,11 @@ class Store(QueueMethods, LockMethods, ResponseMethods):
 
     def replace_gateway_keys(self, keys: Iterable[tuple[str, str, Sequence[str]]]) -> None:
         """Make the stored keys exactly `(key, label, account_ids)`; only hashes are stored.
-        Replacing (not adding) means a key removed from the config stops working."""
+        Replacing (not adding) means a key removed from the config stops working. Keys created
+        on the admin page (`source = 'admin'`) are left alone."""
         rows = [(hash_key(key), label, json.dumps(list(ids))) for key, label, ids in keys]
         with self._write() as db:
-            db.execute("DELETE FROM gateway_keys")
+            db.execute("DELETE FROM gateway_keys WHERE source = 'config'")
             db.executemany(
                 "INSERT OR REPLACE INTO gateway_keys (key_hash, label, account_ids)"
                 " VALUES (?, ?, ?)",

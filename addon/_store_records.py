@@ -112,12 +112,20 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX responses_conversation ON responses (conversation_id, created_at)
     """,
+    # 5: the admin page: accounts it added or disabled, and gateway keys it created.
+    """
+    ALTER TABLE accounts ADD COLUMN disabled INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE accounts ADD COLUMN added_by_admin INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE gateway_keys ADD COLUMN source TEXT NOT NULL DEFAULT 'config';
+    ALTER TABLE gateway_keys ADD COLUMN created_at REAL
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 VIEW_COLUMNS = (
     "id, label, source, dialect, health, cooling_until, last_error, requests, failures, "
-    "long_text_rounds, window_started_at, access_expires_at, created_at, updated_at"
+    "long_text_rounds, window_started_at, access_expires_at, created_at, updated_at, "
+    "disabled, added_by_admin"
 )
 ACCOUNT_COLUMNS = VIEW_COLUMNS + ", refresh_token, previous_refresh_token, access_token"
 
@@ -140,6 +148,10 @@ class AccountView:
     access_expires_at: float | None
     created_at: float
     updated_at: float
+    #: the admin turned it off: no request uses it until it is enabled again
+    disabled: bool = False
+    #: added on the admin page (kept like a configured account, but not in the config file)
+    added_by_admin: bool = False
 
     def to_json(self) -> dict[str, Any]:
         """A plain dict for `/v1/accounts`."""
@@ -225,6 +237,8 @@ def view_from_row(row: sqlite3.Row) -> AccountView:
         access_expires_at=row["access_expires_at"],
         created_at=row["created_at"],
         updated_at=row["updated_at"],
+        disabled=bool(row["disabled"]),
+        added_by_admin=bool(row["added_by_admin"]),
     )
 
 

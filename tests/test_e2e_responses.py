@@ -204,3 +204,38 @@ async def test_bad_input_names_the_responses_field(fake, dialect, proxy):
     assert body["param"] == "input[1].content[0].image_url"
     assert body["message"].startswith("input[1].content[0].image_url:")
     assert not stream_calls(fake, dialect)
+
+
+# --- tools and structured output --------------------------------------------------------------
+
+READ_TOOL = {
+    "type": "function",
+    "name": "exec_command",
+    "description": "Run a shell command",
+    "parameters": {
+        "type": "object",
+        "properties": {"cmd": {"type": "string"}},
+        "required": ["cmd"],
+    },
+    "strict": False,
+}
+
+
+async def test_structured_output(fake, dialect, proxy):
+    schema = {
+        "type": "object",
+        "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
+        "required": ["city", "population"],
+        "additionalProperties": False,
+    }
+    text = {"format": {"type": "json_schema", "name": "city", "schema": schema, "strict": True}}
+    async with sdk(proxy) as client:
+        whole = await client.responses.create(model="kimi", input="A city?", text=text)
+        async with client.responses.stream(model="kimi", input="Another?", text=text) as stream:
+            streamed = await stream.get_final_response()
+    for response in (whole, streamed):
+        body = valid_response(response)
+        assert body["text"]["format"]["type"] == "json_schema"
+        parsed = json.loads(response.output_text)
+        assert set(parsed) == {"city", "population"}
+        assert isinstance(parsed["population"], int)

@@ -647,6 +647,37 @@ def test_plan_with_conversation_id_sends_only_the_new_turn():
     assert len(plan.messages) == 4
 
 
+def test_plan_with_conversation_id_sends_tool_results_as_the_new_turn():
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+    tools = [{"type": "function", "function": {"name": "f"}}]
+    only_results = plan_chat(
+        request(
+            user("old"),
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {"role": "tool", "tool_call_id": "c1", "content": "result"},
+            conversation_id=CONV,
+            tools=tools,
+        )
+    )
+    assert '<tool_result name="f" call_id="c1">\nresult\n</tool_result>' in only_results.prompt
+    assert "old" not in only_results.prompt
+    with_user = plan_chat(
+        request(
+            {"role": "tool", "tool_call_id": "c1", "content": "result"},
+            {"role": "system", "content": "note"},
+            parts(
+                {"type": "text", "text": "and now?"},
+                {"type": "image_url", "image_url": "https://a.com/x.png"},
+            ),
+            conversation_id=CONV,
+            tools=tools,
+        )
+    )
+    assert "note" not in with_user.prompt
+    assert "and now?" in with_user.prompt
+    assert [f.param for f in with_user.files] == ["messages[2].content[1].image_url"]
+
+
 def test_plan_empty_conversation_id_is_absent():
     plan = plan_chat(request(user("a"), {"role": "assistant", "content": "b"}, conversation_id=""))
     assert plan.conversation_id is None

@@ -9,7 +9,7 @@ from ._errors import LocalProtocolError
 from ._json_schema import check_schema
 from ._messages import flatten_messages, normalise_messages, wrap_urls
 from ._models import resolve_model
-from ._plan import ChatPlan, OutputFormat, ToolSpec
+from ._plan import ChatPlan, Message, OutputFormat, ToolSpec
 from ._tool_prompt import compose_prompt
 from ._validate import check_conversation_id, validate_request
 
@@ -22,7 +22,9 @@ def plan_chat(request: Mapping[str, Any]) -> ChatPlan:
     The prompt is the flattened history (`flatten_messages`) and the files are those of every
     user message. With `conversation_id` (ours: continue a Kimi conversation the client got an id
     of earlier) Kimi already holds the history, so only the newest user message is sent: its text
-    with URLs wrapped, and its files only. An empty `conversation_id` counts as absent.
+    with URLs wrapped, and its files only — or, when the messages after the last assistant
+    message carry tool results, those results (with a user message among them), rendered as
+    new turns. An empty `conversation_id` counts as absent.
 
     Raises:
         LocalProtocolError: the request is invalid or asks for what Kimi cannot do; `param`
@@ -42,13 +44,20 @@ def plan_chat(request: Mapping[str, Any]) -> ChatPlan:
     else:
         check_conversation_id(conversation_id, "conversation_id")
         users = [m for m in messages if m.role == "user"]
-        if not users:
+        results = _tool_results_turn(messages)
+        if results:
+            # The client answers the calls Kimi made: post the results (and a user message
+            # sent with them), rendered as the history path renders new turns.
+            prompt = flatten_messages(results)
+            files = tuple(f for m in results for f in m.files)
+        elif not users:
             raise LocalProtocolError(
                 "with conversation_id, messages must contain the new user message",
                 param="messages",
                 code="missing_required_field",
             )
-        prompt, files = wrap_urls(users[-1].text), users[-1].files
+        else:
+            prompt, files = wrap_urls(users[-1].text), users[-1].files
     tools = _tools(request)
     tool_choice = _tool_choice(request, tools)
     parallel = request.get("parallel_tool_calls") is not False
@@ -76,6 +85,18 @@ def plan_chat(request: Mapping[str, Any]) -> ChatPlan:
         stop=_stop(request.get("stop")),
         max_tokens=None if limit is None else int(limit),
     )
+
+
+def _tool_results_turn(messages: tuple[Message, ...]) -> list[Message]:
+    """The user and tool-result messages after the last assistant message, when that turn
+    carries tool results (else [])."""
+    turn: list[Message] = []
+    for message in reversed(messages):
+        if message.role == "assistant":
+            break
+        if message.role in ("user", "tool", "function"):
+            turn.insert(0, message)
+    return turn if any(m.role in ("tool", "function") for m in turn) else []
 
 
 def _tools(request: Mapping[str, Any]) -> tuple[ToolSpec, ...]:

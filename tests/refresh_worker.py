@@ -34,7 +34,7 @@ async def main(store_path: str, base_url: str, start_at: float, rounds: int, tok
             return await refresh_grant(kimi, token, path="/api/auth/token/refresh")
 
         # Short access tokens: a margin below their lifetime, so they are used, then refreshed.
-        pool = AccountPool(store, refresh=refresh, clock=time.time, refresh_margin=0.5)
+        pool = AccountPool(store, refresh=refresh, clock=time.time, refresh_margin=1.0)
         counts = {"calls": 0, "client_401": 0, "auth_failed": 0}
 
         async def use(account: Account) -> None:

@@ -77,7 +77,7 @@ async def test_fifty_concurrent_chats_with_ttl_0_delete_each_conversation_once(t
         assert max(deletes.values()) == 1, f"DELETEs per conversation: {deletes.most_common(3)}"
         assert all(r.status == 200 for r in fake.record.calls("delete"))
         assert pings
-        assert max(pings) < 2.0  # /ping kept answering during the load
+        assert max(pings) < 5.0  # /ping kept answering during the load (it stalled for minutes)
         assert proxy.addon.runtime is not None
         assert proxy.addon.runtime.store is not None
         left = proxy.addon.runtime.store.due_deletions(float("inf"))

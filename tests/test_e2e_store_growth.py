@@ -31,6 +31,7 @@ async def test_junk_tokens_leave_a_bounded_number_of_rows(tmp_path):
         for token in real:
             fake.add_account(token)
         statuses = []
+        started = time.monotonic()
         for n in range(100):
             resp = await http.post(
                 proxy.url + "/token/check",
@@ -45,8 +46,10 @@ async def test_junk_tokens_leave_a_bounded_number_of_rows(tmp_path):
                 assert int(resp.headers["retry-after"]) >= 1
             else:
                 assert resp.json() == {"live": False}
-        assert statuses.count(200) == 10
-        assert statuses.count(429) == 90
+        # 10 at once, then one more every 6 s (a slow machine may have earned one or two)
+        checked = statuses.count(200)
+        assert 10 <= checked <= 10 + int((time.monotonic() - started) / 6.0)
+        assert statuses.count(429) == 100 - checked
 
         many = ",".join(f"junk-many-{n:03d}-51aa3e" for n in range(300))
         body = {"model": "kimi", "messages": [{"role": "user", "content": "hi"}]}
@@ -72,8 +75,9 @@ async def test_junk_tokens_leave_a_bounded_number_of_rows(tmp_path):
         store = proxy.addon.runtime.store
         assert store is not None
         views = store.list_accounts()
-        assert len(views) == 10 + len(real)  # 10 checked junk tokens, the 20 real accounts
-        assert len(fake.record.refresh_calls()) == 10 + 1  # junk checked once each; 1 used
+        assert len(views) == checked + len(real)  # the checked junk tokens, the 20 real accounts
+        assert len(fake.record.refresh_calls()) == checked + 1  # junk checked once each; 1 used
         # The junk rows never worked: they expire; the real accounts stay.
-        assert store.prune_unproven_accounts(now=time.time() + Store.UNPROVEN_TTL + 1) == 10 + 19
+        expired = store.prune_unproven_accounts(now=time.time() + Store.UNPROVEN_TTL + 1)
+        assert expired == checked + len(real) - 1
         assert [v.health for v in store.list_accounts()] == ["ok"]

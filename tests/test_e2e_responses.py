@@ -7,7 +7,12 @@ assertions are also on what the fake upstream recorded.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import json
+import re
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -16,6 +21,7 @@ import pytest
 
 from tests.proxy_harness import running_proxy
 from tests.schema_check import assert_valid
+from tests.test_e2e_codex import CONFIG as CODEX_CONFIG
 from tests.test_e2e_dialects import (
     TOKEN,
     sdk,
@@ -239,3 +245,40 @@ async def test_structured_output(fake, dialect, proxy):
         parsed = json.loads(response.output_text)
         assert set(parsed) == {"city", "population"}
         assert isinstance(parsed["population"], int)
+
+
+# --- the README's section ----------------------------------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_section() -> str:
+    text = README.read_text(encoding="utf-8")
+    return text.split("## OpenAI Responses API and Codex CLI", 1)[1].split("\n## ", 1)[0]
+
+
+async def test_readme_example_runs(fake, dialect, proxy):
+    code = re.search(r"```python\n(.*?)```", readme_section(), re.DOTALL)
+    assert code is not None
+    source = code.group(1).replace("http://127.0.0.1:8000", proxy.url)
+    source = source.replace("<your Kimi refresh_token>", TOKEN)
+    output = io.StringIO()
+
+    def run() -> None:
+        with contextlib.redirect_stdout(output):
+            exec(compile(source, str(README), "exec"), {})
+
+    await asyncio.to_thread(run)
+    printed = output.getvalue()
+    assert printed.startswith("Echo: system:Answer in one sentence.")
+    assert "user:What is the capital of France?" in printed
+    assert printed.endswith("\nEcho: And of Italy?\n")
+    (conversation,) = used_conversations(fake)
+    assert texts(conversation)[1] == "And of Italy?"
+    await wait_for(lambda: conversation.deleted_at is not None)
+
+
+def test_readme_codex_config_is_the_tested_one():
+    toml = re.search(r"```toml\n(.*?)```", readme_section(), re.DOTALL)
+    assert toml is not None
+    assert toml.group(1) == CODEX_CONFIG.format(base_url="http://127.0.0.1:8000")

@@ -491,3 +491,60 @@ def test_an_authorization_header_names_at_most_32_tokens(store, kimi, clock):
     assert (info.value.status, info.value.code) == (400, "too_many_tokens")
     assert "at most 32" in info.value.message
     assert len(store.list_accounts()) == 20  # the refused header made no account
+
+
+async def test_a_refused_token_that_another_process_replaced_means_use_its_new_token(
+    store, kimi, clock
+):
+    """The race of the issue: another process rotated T1 and stored a fresh access token while
+    this one was sending T1. The refusal is not "dead": the stored access token is used."""
+    pool = make_pool(store, kimi, clock)
+    [account] = pool.resolve(kimi.issue("T1"))
+    real = kimi.refresh
+
+    async def racing(token):
+        grant = await real(token)  # the other process wins the rotation of T1...
+        store.record_rotation(
+            account.id,
+            refresh_token=grant.refresh_token,
+            access_token=grant.access_token,
+            access_expires_at=clock.now + 600,
+            now=clock.now,
+        )
+        raise AuthFailed("401: T1 was rotated away")  # ...and this one's T1 is refused
+
+    pool._refresh_fn = racing
+    token = await pool.access_token(account)
+    stored = store.get_account(account.id)
+    assert token == stored.access_token
+    assert stored.health == "ok"
+    assert kimi.calls == ["T1"]  # T1#1 was not spent: it is the other process's, now the store's
+
+
+async def test_a_refresh_waits_for_another_processes_lock_then_uses_its_token(
+    tmp_path, kimi, clock
+):
+    path = tmp_path / "shared.db"
+    ours, theirs = Store(path), Store(path)
+    try:
+        pool = make_pool(ours, kimi, clock)
+        [account] = pool.resolve(kimi.issue("T1"))
+        assert theirs.try_refresh_lock(account.id, owner="other", ttl=30.0, now=clock.now)
+        waiting = asyncio.create_task(pool.access_token(account))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()
+        assert kimi.calls == []  # nothing is sent while the other process refreshes
+        grant = await kimi.refresh("T1")  # the other process's refresh
+        theirs.record_rotation(
+            account.id,
+            refresh_token=grant.refresh_token,
+            access_token=grant.access_token,
+            access_expires_at=clock.now + 600,
+            now=clock.now,
+        )
+        theirs.release_refresh_lock(account.id, owner="other")
+        assert await asyncio.wait_for(waiting, 5) == grant.access_token
+        assert kimi.calls == ["T1"]
+    finally:
+        ours.close()
+        theirs.close()

@@ -11,6 +11,7 @@ import contextlib
 import contextvars
 import functools
 import secrets
+import time
 from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -21,8 +22,10 @@ from translator import KimiCall, RemoteProtocolError
 from translator._jwt import JwtClaims, decode_jwt_claims
 
 __all__ = [
+    "ExchangeRecorder",
     "KimiClient",
     "SessionIdentity",
+    "UpstreamExchange",
     "UpstreamObserver",
     "call_counter",
     "map_transport_errors",
@@ -61,6 +64,59 @@ class UpstreamObserver(Protocol):
     def upstream_call(self, *, streaming: bool) -> None: ...
 
     def upstream_error(self, kind: str | None) -> None: ...
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpstreamExchange:
+    """One finished Kimi call as it went over the wire: what `ExchangeRecorder`s get. Tokens
+    are still in it: a recorder must redact before anything leaves the process."""
+
+    method: str
+    url: str
+    request_headers: tuple[tuple[str, str], ...]
+    request_body: bytes
+    started: float
+    ended: float
+    status: int | None = None  # None: no response (see `error`)
+    response_headers: tuple[tuple[str, str], ...] = ()
+    response_body: bytes = b""
+    #: the body was decoded by httpx (unary calls): its content-encoding no longer applies
+    body_decoded: bool = False
+    error: str | None = None
+
+
+class ExchangeRecorder(Protocol):
+    """Gets every Kimi call while `active` (addon/_upstream_flows.py makes mitmproxy flows)."""
+
+    @property
+    def active(self) -> bool: ...
+
+    def record(self, exchange: UpstreamExchange) -> None: ...
+
+
+class _Tee(httpx.AsyncByteStream):
+    """A streamed body that keeps a copy of what the reader took (up to `cap` bytes)."""
+
+    def __init__(self, inner: httpx.AsyncByteStream, cap: int) -> None:
+        self.inner = inner
+        self.cap = cap
+        self.copy = bytearray()
+        self.truncated = False
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        async for chunk in self.inner:
+            if len(self.copy) + len(chunk) <= self.cap:
+                self.copy += chunk
+            else:
+                self.truncated = True
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+#: the most of one streamed answer a recorder gets (an answer is rarely over a few hundred kB)
+RECORD_CAP = 16 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +169,8 @@ class KimiClient:
         self.calls = 0
         #: counts calls and errors for /metrics (set by the runtime)
         self.observer: UpstreamObserver | None = None
+        #: gets each finished call (with its bodies) while active: see addon/_upstream_flows.py
+        self.recorder: ExchangeRecorder | None = None
 
     def headers(
         self,
@@ -172,6 +230,19 @@ class KimiClient:
         )
         self.calls += 1
         _count()
+        recorder = self.recorder
+        if recorder is None or not recorder.active:
+            return await self._send(call, request)
+        started = time.time()
+        try:
+            response = await self._send(call, request)
+        except RemoteProtocolError as exc:
+            recorder.record(_exchange(request, started, None, b"", error=exc.message))
+            raise
+        recorder.record(_exchange(request, started, response, response.content, body_decoded=True))
+        return response
+
+    async def _send(self, call: KimiCall, request: httpx.Request) -> httpx.Response:
         observer = self.observer
         if observer is None:
             with map_transport_errors(f"{call.method} {call.path}"):
@@ -203,6 +274,7 @@ class KimiClient:
         request = self._request(call, headers)
         self.calls += 1
         _count()
+        started = time.time()
         observer = self.observer
         if observer is not None:
             observer.upstream_call(streaming=True)
@@ -213,6 +285,16 @@ class KimiClient:
             if observer is not None:
                 observer.upstream_error(exc.code)
             raise
+        recorder = self.recorder
+        tee: _Tee | None = None
+        if (
+            recorder is not None
+            and recorder.active
+            and isinstance(response.stream, httpx.AsyncByteStream)
+        ):
+            tee = _Tee(response.stream, RECORD_CAP)
+            response.stream = tee
+        failure: str | None = None
         try:
             yield response
         except RemoteProtocolError as exc:
@@ -220,6 +302,40 @@ class KimiClient:
             # an error event in the stream, a broken or stalled connection.
             if observer is not None:
                 observer.upstream_error(exc.code)
+            failure = exc.message
+            raise
+        except BaseException as exc:  # the client hung up (cancelled), ...
+            failure = f"the reply ended early: {type(exc).__name__}"
             raise
         finally:
             await response.aclose()
+            if recorder is not None and tee is not None:
+                if tee.truncated:
+                    failure = f"body over {RECORD_CAP} bytes: not all of it recorded"
+                recorder.record(
+                    _exchange(request, started, response, bytes(tee.copy), error=failure)
+                )
+
+
+def _exchange(
+    request: httpx.Request,
+    started: float,
+    response: httpx.Response | None,
+    body: bytes,
+    *,
+    error: str | None = None,
+    body_decoded: bool = False,
+) -> UpstreamExchange:
+    return UpstreamExchange(
+        method=request.method,
+        url=str(request.url),
+        request_headers=tuple(request.headers.multi_items()),
+        request_body=request.content,
+        started=started,
+        ended=time.time(),
+        status=None if response is None else response.status_code,
+        response_headers=() if response is None else tuple(response.headers.multi_items()),
+        response_body=body,
+        body_decoded=body_decoded,
+        error=error,
+    )

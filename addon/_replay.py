@@ -3,8 +3,12 @@
 Inputs are mitmproxy flow files (`mitmdump -w`, or HAR: `FlowReader` reads both) and fixture
 folders (`upstream.sse` = legacy, `upstream.bin` = connect; a parent folder means every scenario
 below it). For each Kimi completion exchange the report says which events the decoder saw,
-which kinds it did not understand, whether every OpenAI object the proxy would send is valid
-against `schemas/`, and the answer a client would get. No proxy and no network are involved.
+which kinds it did not understand, whether each of Kimi's messages is valid against
+`schemas/kimi/` and which of its fields those schemas do not name ("unknown fields"), whether
+every OpenAI object the proxy would send is valid against `schemas/`, and the answer a client
+would get. No proxy and no network are involved. The proxy records its own Kimi calls as flows
+(`--set record_upstream=FILE`, or in a `mitmdump -w` file: addon/_upstream_flows.py), so a
+user's capture of the proxy reads the same way as a browser's.
 
 Exit code: 0 all good; 1 a schema violation or a translator crash (any exception other than
 `TranslatorError`, which is a normal outcome: it is reported as the OpenAI error it maps to);
@@ -33,6 +37,8 @@ from translator._kimi_errors import kimi_error
 from translator._legacy_stream import LegacyDecoder
 from translator._response import ResponseTranslator
 from translator._upstream import StreamDecoder, Unknown, UpstreamEvent
+
+from ._upstream_check import check_upstream
 
 __all__ = ["Exchange", "ExchangeReport", "ReadFailure", "collect", "replay_exchange", "run_replay"]
 
@@ -91,6 +97,9 @@ class ExchangeReport:
     note: str = ""
     events: dict[str, int] = field(default_factory=dict)
     unknown: list[dict[str, Any]] = field(default_factory=list)
+    #: keys of Kimi's messages that schemas/kimi/*.json do not name: [{"field", "count"}]
+    unknown_fields: list[dict[str, Any]] = field(default_factory=list)
+    kimi_messages: int = 0
     chunks: int = 0
     violations: list[str] = field(default_factory=list)
     error: dict[str, Any] | None = None
@@ -240,6 +249,16 @@ def replay_exchange(ex: Exchange) -> ExchangeReport:
         refusal: RemoteProtocolError = (kimi_error if legacy else connect_error)(ex.status, ex.body)
         _set_error(report, refusal)
         return report
+    for body in (ex.body, *ex.continuations):
+        upstream = check_upstream(ex.dialect, body)
+        report.kimi_messages += upstream.messages
+        report.violations += upstream.violations
+        for name, count in upstream.unknown_fields.items():
+            known = next((u for u in report.unknown_fields if u["field"] == name), None)
+            if known is None:
+                report.unknown_fields.append({"field": name, "count": count})
+            else:
+                known["count"] += count
     samples: dict[str, str] = {}
     tee = _Tee(LegacyDecoder() if legacy else ConnectDecoder(), samples)
     kwargs: dict[str, Any] = {"completion_id": ex.completion_id, "model": "kimi", "created": 0}
@@ -355,6 +374,7 @@ def _summary(reports: list[ExchangeReport], unreadable: list[str]) -> dict[str, 
         "errors": sum(r.error is not None for r in reports),
         "without_body": sum("store_streamed_bodies" in r.note for r in reports),
         "unknown_kinds": sum(len(r.unknown) for r in reports),
+        "unknown_fields": sum(len(r.unknown_fields) for r in reports),
         "unreadable": len(unreadable),
     }
 
@@ -377,6 +397,8 @@ def _text(
         yield f"   events: {events}\n"
         for u in r.unknown:
             yield f"   unknown: {u['kind']} x{u['count']}  e.g. {u['sample']}\n"
+        for f in r.unknown_fields:
+            yield f"   unknown field: {f['field']} x{f['count']}\n"
         yield f"   chunks: {r.chunks}, schema violations: {len(r.violations)}\n"
         for violation in r.violations:
             yield f"     ! {violation}\n"
@@ -394,7 +416,8 @@ def _text(
     yield (
         f"== {s['exchanges']} exchange(s): {s['violations']} violation(s), "
         f"{s['crashes']} crash(es), {s['errors']} error answer(s), "
-        f"{s['unknown_kinds']} unknown kind(s), {s['without_body']} without body, "
+        f"{s['unknown_kinds']} unknown kind(s), {s['unknown_fields']} unknown field(s), "
+        f"{s['without_body']} without body, "
         f"{s['unreadable']} unreadable input(s)\n"
     )
 

@@ -75,6 +75,8 @@ class Runtime:
         self.ready = asyncio.Event()
         self._runner: web.AppRunner | None = None
         self.client: httpx.AsyncClient | None = None
+        #: the Kimi client, once started (its `recorder` makes Kimi calls visible as flows)
+        self.kimi: KimiClient | None = None
         self.fetch_client: httpx.AsyncClient | None = None
         self.keeper: ConversationKeeper | None = None
         self.store: Store | None = None
@@ -99,7 +101,7 @@ class Runtime:
             trust_env=False,
             http2=True,
         )
-        kimi = KimiClient(self.client, s.kimi_base_url)
+        self.kimi = kimi = KimiClient(self.client, s.kimi_base_url)
         kimi.observer = self.metrics
         self.store = store = Store(os.path.expanduser(s.store_path))
 

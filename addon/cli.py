@@ -106,6 +106,13 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
         help="text lines, or one JSON object per line (LOG_FORMAT; default text)",
     )
     p.add_argument(
+        "--record-upstream",
+        default=_env("RECORD_UPSTREAM", ""),
+        metavar="FILE",
+        help="append the proxy's own Kimi calls, tokens redacted, to this mitmproxy flow file "
+        "for `kimi-free-api replay` (RECORD_UPSTREAM; default off)",
+    )
+    p.add_argument(
         "--confdir",
         default=_env("MITMPROXY_CONFDIR", "~/.mitmproxy"),
         help="mitmproxy's directory for its CA (MITMPROXY_CONFDIR)",
@@ -169,6 +176,8 @@ async def serve(args: argparse.Namespace, *, demo: bool = False) -> None:
     )
     if args.config:
         master.options.update(kimi_config=args.config)
+    if args.record_upstream:
+        master.options.update(record_upstream=args.record_upstream)
     logging.getLogger("kimi_free_api").setLevel(args.log_level.upper().replace("WARN", "WARNING"))
     if demo:
         host = "127.0.0.1" if args.host in ("0.0.0.0", "::") else args.host

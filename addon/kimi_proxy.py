@@ -38,6 +38,7 @@ from addon._config import Config, ConfigError, load_config
 from addon._ratelimit import CLIENT_ADDRESS_HEADER
 from addon._reload import ConfigReloader
 from addon._runtime import RELAY_SECRET_HEADER, Runtime, RuntimeSettings
+from addon._upstream_flows import UpstreamFlows, keep_streamed_body
 
 __all__ = ["KimiProxy", "addons"]
 
@@ -45,6 +46,8 @@ log = logging.getLogger("kimi_free_api")
 
 DIALECTS = ("auto", "legacy", "connect")
 METADATA_KEY = "kimi_free_api"
+#: where the client sent a request (scheme, host, port), shown instead of the loopback relay
+CLIENT_TARGET_KEY = "kimi_free_api_client_target"
 
 
 def _error_body(status: int, message: str, code: str) -> bytes:
@@ -68,6 +71,7 @@ class KimiProxy:
         self.config = Config()
         self.base_url = "https://kimi.moonshot.cn"
         self.intercept_hosts: frozenset[str] = frozenset({"api.openai.com"})
+        self.upstream_flows: UpstreamFlows | None = None
 
     # -- options --------------------------------------------------------------------------------
 
@@ -85,6 +89,20 @@ class KimiProxy:
             "Upstream protocol: auto (by base URL), legacy (REST+SSE) or connect (Connect-RPC).",
         )
         loader.add_option("kimi_config", str, "", "YAML file with accounts, keys and options.")
+        loader.add_option(
+            "show_upstream",
+            bool,
+            True,
+            "Show the proxy's own Kimi calls as flows (mitmweb, mitmproxy) and save them with "
+            "-w / save_stream_file, tokens redacted.",
+        )
+        loader.add_option(
+            "record_upstream",
+            str,
+            "",
+            "Append the proxy's own Kimi calls (tokens redacted) to this flow file, for "
+            "`kimi-free-api replay`.",
+        )
         loader.add_option(
             "kimi_store",
             str,
@@ -210,6 +228,8 @@ class KimiProxy:
                 raise exceptions.OptionsError(f"{name} must be >= 1")
         if "intercept_hosts" in updated:
             self.intercept_hosts = frozenset(h.lower() for h in opts.intercept_hosts if h)
+        if {"record_upstream", "show_upstream"} & updated and self.relay_address is not None:
+            self._record_upstream()  # changed while running (e.g. in mitmweb's options)
         if "kimi_config" in updated and opts.kimi_config:
             try:
                 self.config = load_config(opts.kimi_config)
@@ -275,6 +295,7 @@ class KimiProxy:
         assert parts.hostname is not None
         assert parts.port is not None
         self.relay_address = (parts.hostname, parts.port)
+        self._record_upstream()
         log.info("kimi-free-api relay ready; Kimi at %s", self.base_url)
         if ctx.options.kimi_config:
             self.reloader = ConfigReloader(
@@ -283,6 +304,22 @@ class KimiProxy:
                 interval=float(ctx.options.config_poll_interval),
             )
             self.reloader.start()
+
+    def _record_upstream(self) -> None:
+        """(Re)build the recorder of Kimi calls from the show/record options."""
+        if self.upstream_flows is not None:
+            self.upstream_flows.close()
+            self.upstream_flows = None
+        kimi = self.runtime.kimi if self.runtime is not None else None
+        if kimi is None:
+            return
+        path = ctx.options.record_upstream
+        self.upstream_flows = UpstreamFlows(
+            ctx.master.addons.get,
+            show=ctx.options.show_upstream,
+            record_path=str(Path(path).expanduser()) if path else "",
+        )
+        kimi.recorder = self.upstream_flows
 
     def _reloaded(self, config: Config) -> None:
         """A new, valid config file: the runtime takes what can change live."""
@@ -297,6 +334,8 @@ class KimiProxy:
             await self.reloader.stop()
         if self.runtime is not None:
             await self.runtime.stop()
+        if self.upstream_flows is not None:
+            self.upstream_flows.close()
 
     # -- routing --------------------------------------------------------------------------------
 
@@ -317,6 +356,7 @@ class KimiProxy:
             await asyncio.wait_for(runtime.ready.wait(), 30)
             assert self.relay_address is not None
             host, port = self.relay_address
+            flow.metadata[CLIENT_TARGET_KEY] = _client_target(flow)
             flow.request.scheme = "http"
             flow.request.host = host
             flow.request.port = port
@@ -338,9 +378,17 @@ class KimiProxy:
             if not flow.metadata.get(METADATA_KEY) or flow.response is None:
                 return
             flow.request.headers.pop(RELAY_SECRET_HEADER, None)
+            target = flow.metadata.get(CLIENT_TARGET_KEY)
+            if target:
+                # The request has been sent: show what the client called, not the relay.
+                flow.request.scheme, flow.request.host, flow.request.port = target
             if flow.response.headers.get("content-type", "").startswith("text/event-stream"):
-                # Pass the relay's SSE through as it is written.
-                flow.response.stream = True
+                # Pass the relay's SSE through as it is written; keep a copy when someone
+                # looks at flows (mitmweb, -w), which would otherwise show no body (mitmweb:
+                # an error) for a streamed answer.
+                flows = self.upstream_flows
+                keep = flows is not None and flows.watched
+                flow.response.stream = keep_streamed_body(flow) if keep else True
         except Exception as exc:
             log.error("kimi-free-api responseheaders hook failed: %s", type(exc).__name__)
 
@@ -359,6 +407,16 @@ class KimiProxy:
                 data.server.error = f"kimi-free-api refuses to connect to {host}"
         except Exception as exc:
             _refuse(data.server, f"kimi-free-api guard failed: {type(exc).__name__}")
+
+
+def _client_target(flow: http.HTTPFlow) -> list[object]:
+    """Where the client sent `flow`: the intercepted host, or (reverse mode, where mitmproxy
+    already put the reverse target in the request) the proxy's own address."""
+    request = flow.request
+    if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
+        host, port = flow.client_conn.sockname[:2]
+        return ["https" if flow.client_conn.tls else "http", str(host), int(port)]
+    return [request.scheme, request.host, request.port]
 
 
 def _refuse(server: Server, reason: str) -> None:

@@ -356,10 +356,11 @@ def test_json_output_fields(tmp_path):
     assert set(doc["exchanges"][0]) >= {
         "source", "dialect", "note", "events", "unknown", "chunks", "violations",
         "error", "error_status", "crash", "content", "reasoning", "finish_reason",
+        "unknown_fields", "kimi_messages",
     }  # fmt: skip
     assert doc["summary"] == {
         "exchanges": 1, "violations": 0, "crashes": 0, "errors": 0,
-        "without_body": 0, "unknown_kinds": 0, "unreadable": 0,
+        "without_body": 0, "unknown_kinds": 0, "unknown_fields": 0, "unreadable": 0,
     }  # fmt: skip
 
 

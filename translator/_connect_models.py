@@ -120,7 +120,6 @@ BUILTIN_CATALOG: Final = ModelCatalog(
 )
 
 
-
 def available_models_call() -> KimiCall:
     """The unary `GetAvailableModels` call (body `{}`)."""
     return KimiCall(method="POST", path=AVAILABLE_MODELS_PATH, headers=UNARY_HEADERS, json={})

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import secrets
 import ssl
 import time
@@ -35,6 +34,7 @@ from ._metrics import Metrics, add_health_routes
 from ._model_catalog import ModelCatalogs
 from ._refresh import refresh_grant
 from ._store import Account, Store
+from ._store_pg import open_store
 from ._upload import Uploader
 from ._usage import UsageLog
 
@@ -103,7 +103,7 @@ class Runtime:
         )
         self.kimi = kimi = KimiClient(self.client, s.kimi_base_url)
         kimi.observer = self.metrics
-        self.store = store = Store(os.path.expanduser(s.store_path))
+        self.store = store = open_store(s.store_path)
 
         async def refresh(refresh_token: str) -> TokenGrant:
             return await refresh_grant(kimi, refresh_token, path=s.refresh_path)

@@ -71,7 +71,8 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--store",
         default=_env("STORE", "~/.kimi-free-api/accounts.sqlite3"),
-        help="SQLite file for accounts and rotated tokens (STORE)",
+        help="SQLite file for accounts and rotated tokens, or a postgresql://user:pass@host/db "
+        "URL to share them between hosts (STORE)",
     )
     p.add_argument(
         "--conversation-ttl",

@@ -107,7 +107,8 @@ class KimiProxy:
             "kimi_store",
             str,
             "~/.kimi-free-api/accounts.sqlite3",
-            "SQLite file holding accounts and rotated tokens (created with mode 0600).",
+            "SQLite file holding accounts and rotated tokens (created with mode 0600), or a "
+            "postgresql:// URL (several hosts share the accounts).",
         )
         loader.add_option(
             "conversation_ttl",

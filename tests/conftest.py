@@ -45,3 +45,17 @@ async def fake():
 @pytest.fixture(params=DIALECTS)
 def dialect(request) -> str:
     return request.param
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server on loopback for the whole session (skips without the binaries;
+    see tests/pg_server.py). Tests take a fresh database each: `postgres_server.new_database()`."""
+    from tests.pg_server import PostgresServer, need_postgres
+
+    server = PostgresServer(need_postgres())
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -21,12 +21,12 @@ import httpx
 from addon._accounts import Account, AccountPool, AuthFailed, TokenGrant
 from addon._kimi import KimiClient
 from addon._refresh import refresh_grant
-from addon._store import Store
+from addon._store_pg import open_store
 from translator._legacy_calls import user_call
 
 
 async def main(store_path: str, base_url: str, start_at: float, rounds: int, tokens: list[str]):
-    store = Store(store_path)
+    store = open_store(store_path)  # a SQLite file or a postgresql:// URL
     async with httpx.AsyncClient(timeout=20, trust_env=False) as client:
         kimi = KimiClient(client, base_url)
 

@@ -1,0 +1,125 @@
+"""The store test suite against PostgreSQL: every test of tests/test_store.py that works on a
+`store` runs here on a `postgresql://` store too, plus what only several stores on one server
+show (the refresh lock and cleanup claims across connections, the schema version)."""
+
+from __future__ import annotations
+
+import inspect
+
+import pytest
+
+from addon._store import StoreError
+from addon._store_pg import PgStore, open_store, safe_url
+from addon._store_records import SCHEMA_VERSION
+from tests import test_store as suite
+
+
+@pytest.fixture
+def pg_url(postgres_server):
+    return postgres_server.new_database()
+
+
+@pytest.fixture
+def store(pg_url):
+    s = PgStore(pg_url)
+    yield s
+    s.close()
+
+
+# The shared suite: the same test functions, here with the PostgreSQL `store` above.
+for _name, _test in list(vars(suite).items()):
+    if _name.startswith("test_") and list(inspect.signature(_test).parameters) == ["store"]:
+        globals()[_name] = _test
+
+
+def test_the_suite_is_shared():
+    shared = [n for n in globals() if n.startswith("test_") and getattr(suite, n, None)]
+    assert len(shared) >= 10
+
+
+def test_schema_version_and_reopen(pg_url):
+    first = PgStore(pg_url)
+    account = first.account_for_token("rt-pg-reopen-1", now=1.0)
+    first.close()
+    second = PgStore(pg_url)
+    try:
+        assert second.schema_version == SCHEMA_VERSION
+        assert second.account_for_token("rt-pg-reopen-1", now=2.0).id == account.id
+    finally:
+        second.close()
+
+
+def test_refuses_a_newer_schema(pg_url):
+    import psycopg
+
+    PgStore(pg_url).close()
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE kimi_schema_version SET version = version + 1")
+    with pytest.raises(StoreError, match="schema version"):
+        PgStore(pg_url)
+
+
+def test_unreachable_server_is_a_store_error_without_the_password():
+    url = "postgresql://kimi:s3cret-pass@127.0.0.1:1/none"
+    with pytest.raises(StoreError) as info:
+        PgStore(url, connect_timeout=2)
+    assert "s3cret-pass" not in str(info.value)
+    assert safe_url(url) == "postgresql://kimi:***@127.0.0.1:1/none"
+
+
+def test_open_store_picks_the_backend(pg_url, tmp_path):
+    pg = open_store(pg_url)
+    lite = open_store(str(tmp_path / "a.sqlite3"))
+    try:
+        assert isinstance(pg, PgStore)
+        assert not isinstance(lite, PgStore)
+    finally:
+        pg.close()
+        lite.close()
+
+
+def test_refresh_lock_is_exclusive_across_connections(pg_url):
+    one, two = PgStore(pg_url), PgStore(pg_url)
+    try:
+        account = one.account_for_token("rt-pg-lock-1", now=1.0)
+        assert one.try_refresh_lock(account.id, owner="one", ttl=10, now=100.0)
+        assert not two.try_refresh_lock(account.id, owner="two", ttl=10, now=105.0)
+        assert one.try_refresh_lock(account.id, owner="one", ttl=10, now=105.0)  # renewed
+        assert not two.try_refresh_lock(account.id, owner="two", ttl=10, now=114.0)
+        assert two.try_refresh_lock(account.id, owner="two", ttl=10, now=115.5)  # expired
+        one.release_refresh_lock(account.id, owner="one")  # not its lock any more
+        assert not one.try_refresh_lock(account.id, owner="one", ttl=10, now=116.0)
+        two.release_refresh_lock(account.id, owner="two")
+        assert one.try_refresh_lock(account.id, owner="one", ttl=10, now=116.0)
+    finally:
+        one.close()
+        two.close()
+
+
+def test_due_deletions_are_claimed_once_across_connections(pg_url):
+    one, two = PgStore(pg_url), PgStore(pg_url)
+    try:
+        account = one.account_for_token("rt-pg-claims-1", now=1.0)
+        for n in range(6):
+            one.schedule_deletion(account.id, f"conv-{n}", dialect="legacy", due_at=10.0 + n)
+        first = one.claim_due_deletions(20.0, owner="one", claim_ttl=30, limit=4)
+        second = two.claim_due_deletions(20.0, owner="two", claim_ttl=30)
+        assert [p.conversation_id for p in first] == [f"conv-{n}" for n in range(4)]
+        assert [p.conversation_id for p in second] == ["conv-4", "conv-5"]
+        assert two.claim_due_deletions(25.0, owner="three", claim_ttl=30) == []
+        # crashed holders' claims free themselves
+        taken = two.claim_due_deletions(51.0, owner="three", claim_ttl=30)
+        assert [p.conversation_id for p in taken] == [f"conv-{n}" for n in range(6)]
+        # re-scheduling (INSERT OR REPLACE) resets the claim, as on SQLite
+        one.schedule_deletion(account.id, "conv-0", dialect="legacy", due_at=60.0)
+        again = one.claim_due_deletions(61.0, owner="one", claim_ttl=30)
+        assert [p.conversation_id for p in again] == ["conv-0"]
+        assert again[0].attempts == 0
+    finally:
+        one.close()
+        two.close()
+
+
+def test_timestamps_keep_their_precision(store):
+    account = store.account_for_token("rt-pg-time-1", now=1_795_946_432.125)
+    assert store.get_account(account.id).view.created_at == 1_795_946_432.125

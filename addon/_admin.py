@@ -20,7 +20,7 @@ import json
 import math
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -192,9 +192,12 @@ def add_admin_routes(
     reapply: Callable[[], object],
     clock: Callable[[], float] = time.time,
     login_limit: RateLimiter | None = None,
+    delete_due: Callable[[], Awaitable[object]] | None = None,
 ) -> None:
     """Register `/admin` and `/admin/api/...`. `reapply` re-syncs the config's keys after the
-    set of accounts changed (a key without an account list includes admin-added accounts)."""
+    set of accounts changed (a key without an account list includes admin-added accounts).
+    `delete_due` runs the conversation cleanup now (a removed account's conversations are
+    deleted at Kimi before its rows go)."""
     sessions = AdminSessions(clock)
     limit = login_limit or RateLimiter(burst=10, per=6.0, clock=time.monotonic)
     store = pool.store
@@ -384,6 +387,8 @@ def add_admin_routes(
         if pool.in_flight(account_id):
             raise _Refusal(409, "the account is serving a reply right now; disable it first "
                            "and remove it when it is idle", "account_busy")
+        if store.make_deletions_due(account_id, now=clock()) and delete_due is not None:
+            await delete_due()
         store.delete_account(account_id)
         reapply()
         return json_response({"deleted": True, "id": account_id})

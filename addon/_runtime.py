@@ -182,6 +182,7 @@ class Runtime:
                     pool=pool,
                     usage=self.usage,
                     reapply=lambda: pool.apply_config(self.config),
+                    delete_due=keeper.delete_due,
                 ),
                 lambda app: add_health_routes(
                     app,

@@ -58,6 +58,16 @@ class AdminMethods(SqliteBase):
             )
             return cursor.rowcount > 0
 
+    def make_deletions_due(self, account_id: str, *, now: float) -> int:
+        """Make every conversation of the account waiting for deletion due now (before the
+        account is removed: its rows would go with it, and the conversations stay on Kimi)."""
+        with self._write() as db:
+            cursor = db.execute(
+                "UPDATE pending_deletions SET due_at = ? WHERE account_id = ? AND due_at > ?",
+                (now, account_id, now),
+            )
+            return int(cursor.rowcount)
+
     def create_gateway_key(
         self, key: str, *, label: str, account_ids: Sequence[str], now: float
     ) -> str:

@@ -187,7 +187,12 @@ async def test_accounts_and_keys_through_the_admin_api(tmp_path):
         assert failures[0]["error"]["code"] == "invalid_api_key"
 
         assert (await client.admin("DELETE", f"/accounts/{alice_id}")).status_code == 409
+        held = [c.id for c in fake.record.live_conversations(bob_fake.id)]
+        assert held, "the TTL keeps bob's answered conversation"
         assert (await client.admin("DELETE", f"/accounts/{bob['id']}")).status_code == 200
+        # removing an account deletes the Kimi conversations it still held first
+        still = {c.id for c in fake.record.live_conversations(bob_fake.id)}
+        assert not (set(held) & still)
         labels = [a["label"] for a in (await client.admin("GET", "/overview")).json()["accounts"]]
         assert labels == ["alice"]
         assert (await client.admin("DELETE", f"/accounts/{bob['id']}")).status_code == 404

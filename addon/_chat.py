@@ -33,6 +33,7 @@ from translator import (
     RemoteProtocolError,
     TranslatorError,
 )
+from translator._answer_shaper import AnswerShaper
 from translator._kimi_errors import retry_after_seconds
 from translator._messages import flatten_messages
 from translator._request import plan_chat
@@ -237,6 +238,7 @@ class ChatService:
                     include_usage=plan.include_usage,
                     prompt_text=plan.prompt,
                     max_continuations=self.settings.max_continuations,
+                    shaper=AnswerShaper.for_plan(plan),
                 )
 
             call = dialect.completion_call(
@@ -269,6 +271,19 @@ class ChatService:
                 conversation_id = live.conversation_id
                 created_here = True
             final = live.close()
+            if live.repair_prompt is not None:
+                # One invisible repair turn in the same conversation (docs/tools.md): an
+                # invalid tool call or JSON answer, or no call where one was required.
+                await reply.send(final)
+                repair = dialect.completion_call(
+                    dataclasses.replace(plan, prompt=live.repair_prompt, files=()),
+                    conversation_id=conversation_id,
+                    parent_id=live.last_message_id or "",
+                    files=[],
+                )
+                live.begin_repair(dialect.decoder())
+                await self._stream(repair, token, dialect, live, reply, stats)
+                final = live.close()
             note = getattr(reply, "note_conversation", None)
             if note is not None and conversation_id:
                 # A face that stores answers (the Responses API) learns where this one lives.
@@ -286,7 +301,7 @@ class ChatService:
                     account,
                     dialect,
                     messages=resumption.full_messages if resumption else plan.messages,
-                    answer=live.content,
+                    answer=live.answer_text,
                     conversation_id=conversation_id,
                     parent_id=live.last_message_id or "",
                 )
@@ -474,6 +489,10 @@ class ChatService:
                         if chunks and stats.first_byte_at is None:
                             stats.first_byte_at = self.monotonic()
                         await reply.send(chunks)
+                    if translator.cut:
+                        # A stop string or the token limit ended the answer: stop reading, and
+                        # leaving the stream closes it, so Kimi stops sending.
+                        return
                 if outcome:
                     _raise_transport(outcome[0], self.settings.stall_timeout)
                     return

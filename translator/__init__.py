@@ -15,6 +15,10 @@ so it can be tested without a network. See docs/translator.md for the API and a 
 
 from __future__ import annotations
 
+from ._answer_shaper import (
+    AnswerShaper,
+    Outcome,
+)
 from ._anthropic_errors import (
     ANTHROPIC_ERROR_TYPES,
     OVERLOADED_STATUS,
@@ -175,6 +179,16 @@ from ._sse import (
     encode_sse_comment,
     encode_sse_event,
 )
+from ._tool_calls import (
+    CallProblem,
+    ToolCall,
+    decode_json_value,
+    validate_call,
+)
+from ._tool_parser import (
+    RawCall,
+    ToolCallParser,
+)
 from ._tool_prompt import (
     CALL_CLOSE,
     CHOICE_RULES,
@@ -213,6 +227,7 @@ from ._upstream import (
 )
 from ._usage import (
     estimate_tokens,
+    token_weight,
     usage_for,
 )
 from ._validate import (
@@ -254,7 +269,9 @@ __all__ = [
     "STOP_REASONS",
     "TOOLS_CLOSE",
     "TOOLS_OPEN",
+    "AnswerShaper",
     "Assembler",
+    "CallProblem",
     "ChatPlan",
     "ConnectDecoder",
     "ContentFiltered",
@@ -282,7 +299,9 @@ __all__ = [
     "ModelRule",
     "Noise",
     "OfferedModel",
+    "Outcome",
     "OutputFormat",
+    "RawCall",
     "ReasoningDelta",
     "RemoteProtocolError",
     "ResponseTranslator",
@@ -294,6 +313,8 @@ __all__ = [
     "State",
     "StreamDecoder",
     "TextDelta",
+    "ToolCall",
+    "ToolCallParser",
     "ToolSpec",
     "TranslatorError",
     "Unknown",
@@ -314,6 +335,7 @@ __all__ = [
     "connect_error",
     "continuation_call",
     "create_conversation_call",
+    "decode_json_value",
     "decode_jwt_claims",
     "delete_chat_call",
     "delete_conversation_call",
@@ -361,10 +383,12 @@ __all__ = [
     "session_headers",
     "sniff_mime",
     "thinking_signature",
+    "token_weight",
     "tool_instructions",
     "translate_messages",
     "usage_for",
     "user_call",
+    "validate_call",
     "validate_chat_id",
     "validate_request",
     "with_catalog",

@@ -12,8 +12,17 @@ the machine moves to ERROR and raises `RemoteProtocolError`. ERROR and CLOSED ar
                the continuation and calls `begin_continuation`
     ENDED      the finish reason is known (stop, length, content_filter); the finish chunk is
                written by `close()`, so a late ContentFiltered can still change it
+    REPAIR     the body ended with an answer the `AnswerShaper` refused (an invalid tool call,
+               JSON that does not match): the caller posts `repair_prompt` into the same Kimi
+               conversation and calls `resume_repair`, which starts again at IDLE
     CLOSED     `close()` returned the final chunks
     ERROR      an UpstreamFailure or a protocol break; every later call raises
+
+With an `AnswerShaper` (tools, JSON output, stop, max_tokens), answer text and reasoning go
+through it and only what it returns is written; when it cuts the answer short (a stop string, the
+token limit) the state becomes ENDED at once and `cut` is set, so the caller stops reading Kimi.
+Tool calls are written at the end (`finish`): one `tool_calls` delta per call with its id, type
+and name, then its arguments in pieces; finish_reason "tool_calls".
 
 What each event does (besides its transition):
 
@@ -40,10 +49,14 @@ conversation id reported in the stream before the first chunk, else `fallback_id
 from __future__ import annotations
 
 import enum
+import hashlib
 from collections.abc import Callable
 from typing import Any, Final
 
+from ._answer_shaper import AnswerShaper
 from ._errors import RemoteProtocolError
+from ._tool_calls import ToolCall
+from ._tool_prompt import assistant_text
 from ._upstream import (
     ContentFiltered,
     ConversationStarted,
@@ -68,11 +81,14 @@ class State(enum.Enum):
     ANSWERING = "answering"
     CONTINUE = "continue"
     ENDED = "ended"
+    REPAIR = "repair"
     CLOSED = "closed"
     ERROR = "error"
 
 
 _S = State
+#: tool call arguments are streamed in pieces of at most this many characters
+_ARGUMENT_PIECE: Final = 256
 _QUIET: Final = (ConversationStarted, MessageId, Noise, Unknown)
 _CONTENT: Final = (TextDelta, ReasoningDelta, SearchResult)
 
@@ -116,6 +132,7 @@ class Assembler:
         prompt_text: str,
         max_continuations: int,
         system_fingerprint: str | None,
+        shaper: AnswerShaper | None = None,
     ) -> None:
         self.state = State.IDLE
         self.error: RemoteProtocolError | None = None
@@ -145,6 +162,10 @@ class Assembler:
         self._annotations: list[dict[str, Any]] = []
         self._urls: set[str] = set()
         self._late: list[SearchResult] = []
+        self._shaper = shaper
+        self._calls: list[ToolCall] = []
+        #: the repair turn to post while in REPAIR
+        self.repair_prompt: str | None = None
 
     # -- the public face (through ResponseTranslator) -------------------------------------
 
@@ -155,6 +176,17 @@ class Assembler:
     @property
     def content(self) -> str:
         return "".join(self._content)
+
+    @property
+    def cut(self) -> bool:
+        """True when the shaper ended the answer early: Kimi's stream need not be read on."""
+        return self._shaper is not None and self._shaper.cut is not None
+
+    @property
+    def answer_text(self) -> str:
+        """The answer as history text: the content, then the calls in the call protocol
+        (what a client's resent assistant message with `tool_calls` renders to)."""
+        return assistant_text(self.content, [(c.name, c.arguments) for c in self._calls])
 
     @property
     def finish_reason(self) -> str | None:
@@ -215,9 +247,20 @@ class Assembler:
             action(self, ev)
 
     def _on_reasoning(self, ev: ReasoningDelta) -> None:
-        if ev.text:
-            self._delta("reasoning_content", ev.text)
-            self._reasoning.append(ev.text)
+        text = ev.text
+        if self._shaper is not None:
+            text = self._shaper.reasoning(text)
+            self._check_cut()
+        if text:
+            self._delta("reasoning_content", text)
+            self._reasoning.append(text)
+
+    def _check_cut(self) -> None:
+        shaper = self._shaper
+        assert shaper is not None
+        if shaper.cut is not None and self.state is not State.ENDED:
+            self.state = State.ENDED
+            self._finish = shaper.cut
 
     def _on_message_id(self, ev: MessageId) -> None:
         if ev.role == "assistant":
@@ -234,6 +277,16 @@ class Assembler:
 
     def _on_failure(self, ev: UpstreamFailure) -> None:
         raise self.fail(ev.error)
+
+    def resume_repair(self) -> None:
+        """The repair turn was posted: its body's events extend the same answer. Only called
+        in REPAIR (`ResponseTranslator.begin_repair` checks)."""
+        assert self._shaper is not None
+        self._shaper.begin_repair()
+        self.count("repair")
+        self.repair_prompt = None
+        self._finish = None
+        self.state = State.IDLE
 
     def resume(self) -> None:
         """A continuation call was posted: its events extend the same answer. Only called in
@@ -262,6 +315,12 @@ class Assembler:
                 self._finish = "stop"
             case State.CONTINUE:
                 self._finish = "length"
+        if (
+            self._shaper is not None
+            and self._finish != "content_filter"  # moderation: nothing left to shape
+            and not self._shape_end()
+        ):
+            return
         if self._finish == "stop" and not self._content and not self._reasoning:
             # A finished answer with no text at all: Kimi's throttling looks like this on the
             # Connect dialect (an empty `done`). Transient (503), so another account may try.
@@ -282,17 +341,73 @@ class Assembler:
         if self._include_usage:
             usage = usage_for(
                 prompt_text=self._prompt_text,
-                completion_text="".join(self._content) + "".join(self._reasoning),
+                completion_text="".join(self._content)
+                + "".join(self._reasoning)
+                + "".join(c.arguments for c in self._calls),
             )
             self._out.append({**self._envelope(), "choices": [], "usage": usage})
         self.state = State.CLOSED
+
+    def _shape_end(self) -> bool:
+        """Let the shaper decide the end of this body: False when a repair turn follows (state
+        REPAIR). Writes its last text and the calls.
+
+        Raises:
+            RemoteProtocolError: the answer failed validation for good (502).
+        """
+        shaper = self._shaper
+        assert shaper is not None
+        outcome = shaper.end(wrote=self._wrote_text)
+        if outcome.error is not None:
+            raise self.fail(outcome.error)
+        if outcome.text:
+            self._text(outcome.text)
+        if outcome.repair is not None:
+            self.state = State.REPAIR
+            self.repair_prompt = outcome.repair
+            return False
+        if outcome.calls:
+            self._calls = outcome.calls
+            self._emit_calls()
+            self._finish = "tool_calls"
+        elif shaper.cut is not None:
+            self._finish = shaper.cut
+        return True
+
+    def _emit_calls(self) -> None:
+        # Ids are derived from the answer (the translator has no randomness): the chunk id, the
+        # message id of this turn, and the call itself, so they differ between turns.
+        for index, call in enumerate(self._calls):
+            seed = (
+                f"{self._chunk_id}\0{self.last_message_id}\0{index}\0{call.name}\0{call.arguments}"
+            )
+            call_id = "call_" + hashlib.sha256(seed.encode()).hexdigest()[:24]
+            head = {"index": index, "id": call_id, "type": "function"}
+            head["function"] = {"name": call.name, "arguments": ""}
+            self._emit({"tool_calls": [head]}, None)
+            args = call.arguments
+            for start in range(0, len(args), _ARGUMENT_PIECE):
+                piece = args[start : start + _ARGUMENT_PIECE]
+                self._emit(
+                    {"tool_calls": [{"index": index, "function": {"arguments": piece}}]}, None
+                )
 
     # -- events ----------------------------------------------------------------------------
 
     def _on_text(self, ev: TextDelta) -> None:
         text = ev.text
+        if self._shaper is not None:
+            text = self._shaper.text(text)
+            self._check_cut()
         if not text:
             return
+        if not self._wrote_text and self._header_citations:
+            text = "\n" + text  # a blank line between the citation list and the answer
+        self._wrote_text = True
+        self._write(text)
+
+    def _text(self, text: str) -> None:
+        """`_on_text` for text the shaper released at the end of a body."""
         if not self._wrote_text and self._header_citations:
             text = "\n" + text  # a blank line between the citation list and the answer
         self._wrote_text = True

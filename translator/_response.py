@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable
 from typing import Any, Final
 
+from ._answer_shaper import AnswerShaper
 from ._assembler import Assembler, State
 from ._errors import RemoteProtocolError, TranslatorError
 from ._sse import encode_sse
@@ -45,6 +46,10 @@ class ResponseTranslator:
         include_usage: end with a usage chunk (`stream_options.include_usage`).
         prompt_text: the text sent to Kimi, for the prompt token estimate.
         max_continuations: how many times a `length` stop may be continued.
+        shaper: tools, JSON output, stop and max_tokens (`AnswerShaper.for_plan`); None for a
+            plain answer. With one, `cut` says when Kimi's stream need not be read further, and
+            `close()` may stop short in REPAIR: then post `repair_prompt` into the same
+            conversation, call `begin_repair(decoder)`, feed the new body and `close()` again.
 
     Errors: `feed`/`close` raise `RemoteProtocolError` for an in-stream failure or bytes that
     break the protocol; the translator is then in ERROR and every later call raises again.
@@ -65,6 +70,7 @@ class ResponseTranslator:
         max_continuations: int = 3,
         system_fingerprint: str | None = None,
         fallback_id: str | None = None,
+        shaper: AnswerShaper | None = None,
     ) -> None:
         if fallback_id is None:
             digest = hashlib.sha256(f"{model}\0{created}\0{prompt_text}".encode()).hexdigest()
@@ -81,6 +87,7 @@ class ResponseTranslator:
             prompt_text=prompt_text,
             max_continuations=max_continuations,
             system_fingerprint=system_fingerprint,
+            shaper=shaper,
         )
 
     @property
@@ -112,6 +119,34 @@ class ResponseTranslator:
         """The answer text written so far: what a client concatenates from `delta.content`
         (for a caller of `feed_sse`, which has no chunks to read it from)."""
         return self._asm.content
+
+    @property
+    def answer_text(self) -> str:
+        """The answer as history text: `content`, then its tool calls in the call protocol. This
+        is what the continuation key remembers, so a resent history with the calls matches."""
+        return self._asm.answer_text
+
+    @property
+    def cut(self) -> bool:
+        """True once a stop string or the token limit ended the answer: stop reading Kimi."""
+        return self._asm.cut
+
+    @property
+    def repair_prompt(self) -> str | None:
+        """After `close()` stopped short (state REPAIR): the repair turn to post."""
+        return self._asm.repair_prompt if self._asm.state is State.REPAIR else None
+
+    def begin_repair(self, decoder: StreamDecoder) -> None:
+        """The repair turn was posted: later `feed`s are its body, parsed as a new answer whose
+        calls (or JSON) replace the refused ones; nothing of the refused answer was shown.
+
+        Raises:
+            RuntimeError: no repair is pending (a bug in the caller).
+        """
+        if self._asm.state is not State.REPAIR:
+            raise RuntimeError(f"begin_repair() in state {self._asm.state.name}")
+        self._asm.resume_repair()
+        self._decoder = decoder
 
     @property
     def finish_reason(self) -> str | None:
@@ -182,6 +217,8 @@ class ResponseTranslator:
 
     def _feed(self, data: bytes) -> list[_Part]:
         self._check_open()
+        if self._asm.cut:
+            return []  # the answer was cut short: the rest of Kimi's body is not read
         try:
             events = self._decoder.feed(data)
         except RemoteProtocolError as err:
@@ -192,7 +229,8 @@ class ResponseTranslator:
         if self._asm.state is State.CLOSED:
             return []
         self._check_open()
-        out = self._flush()
+        # A cut answer's body was left unread: its decoder may hold half an event.
+        out = [] if self._asm.cut else self._flush()
         if self._asm.state is State.ERROR:
             return out  # the error follows at the next call
         self._asm.finish()  # raises when nothing of an answer came (then `out` is empty)
@@ -239,9 +277,12 @@ class ResponseTranslator:
         return self._apply(events)
 
     def _apply(self, events: list[UpstreamEvent]) -> list[_Part]:
+        asm = self._asm
         try:
             for ev in events:
-                self._asm.handle(ev)
+                asm.handle(ev)
+                if asm.state is State.ENDED and asm.cut:
+                    break  # the rest of this read is past the cut
         except RemoteProtocolError:
             # Chunks already made go out first; `_check_open` raises the error next time.
             out = self._asm.drain_parts()

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from typing import Final
 
-__all__ = ["estimate_tokens", "usage_for"]
+__all__ = ["estimate_tokens", "token_weight", "usage_for"]
 
 # Weights in twelfths of a token, so the sum stays an exact integer.
 _ASCII: Final = 3
@@ -43,7 +43,8 @@ _CJK_RANGES: Final = (
 )
 
 
-def _weight(cp: int) -> int:
+def token_weight(cp: int) -> int:
+    """The weight of one code point in twelfths of a token (`estimate_tokens` sums these)."""
     if cp < 0x80:
         return _ASCII
     for low, high in _CJK_RANGES:
@@ -55,7 +56,7 @@ def _weight(cp: int) -> int:
 def estimate_tokens(text: str) -> int:
     """The estimated number of tokens in `text` (see the module doc for the heuristic)."""
     # ASCII is the common case: no loop in Python for it.
-    twelfths = _ASCII * len(text) if text.isascii() else sum(_weight(ord(ch)) for ch in text)
+    twelfths = _ASCII * len(text) if text.isascii() else sum(token_weight(ord(ch)) for ch in text)
     return -(-twelfths // 12)
 
 

@@ -132,6 +132,12 @@ def build_parser() -> argparse.ArgumentParser:
     replay = sub.add_parser("replay", help="run captured Kimi streams through the translator")
     replay.add_argument("paths", nargs="+", help="mitmproxy flow files (-w) or fixture folders")
     replay.add_argument("--json", action="store_true", help="print the report as JSON")
+    replay.add_argument(
+        "--save-fixture",
+        metavar="FOLDER",
+        help="instead of a report, write each Kimi answer as a golden fixture folder "
+        "(FOLDER, or FOLDER-1, FOLDER-2, ...; expected.json is a draft to correct)",
+    )
     return parser
 
 
@@ -231,6 +237,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv.insert(0, "run")
     args = build_parser().parse_args(argv)
     if args.command == "replay":
+        if args.save_fixture:
+            from ._save_fixture import save_fixtures
+
+            return save_fixtures(args.paths, args.save_fixture, out=sys.stdout)
         from ._replay import run_replay
 
         return run_replay(args.paths, as_json=args.json, out=sys.stdout)

@@ -114,3 +114,43 @@ async def test_an_unknown_event_kind_is_named_by_the_report(dialect, tmp_path):
     out = io.StringIO()
     run_replay([str(record)], as_json=False, out=out)
     assert "unknown: zz_future_event" in out.getvalue()
+
+
+@pytest.mark.parametrize("dialect", ["legacy", "connect"])
+async def test_a_recording_becomes_a_golden_fixture(dialect, tmp_path):
+    from addon._save_fixture import DRAFT, save_fixtures
+    from fixtures.golden import Scenario as Golden
+    from fixtures.golden import replay as golden_replay
+    from tests.test_connect_stream import assert_matches, decode, normalise
+    from tests.test_golden_legacy import bytewise, check
+    from translator._legacy_stream import LegacyDecoder
+
+    async with FakeKimi() as fake:
+        record, _ = await record_chats(fake, tmp_path, dialect, ["kimi-search"])
+    folder = tmp_path / "fixtures" / "captured_case"
+    out = io.StringIO()
+    assert save_fixtures([str(record)], str(folder), out=out) == 0, out.getvalue()
+    assert save_fixtures([str(record)], str(folder), out=io.StringIO()) == 2  # never overwrites
+    meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
+    expected = json.loads((folder / "expected.json").read_text(encoding="utf-8"))
+    assert meta["source"].startswith("captured")
+    assert meta["expected"] == DRAFT
+    if dialect == "connect":
+        body = (folder / "upstream.bin").read_bytes()
+        assert expected["text"] == "Echo: question 0"
+        assert len(expected["search_results"]) == 2
+        for cuts in ((), range(1, len(body))):
+            assert_matches(normalise(decode(body, cuts)), expected)
+    else:
+        body = (folder / "upstream.sse").read_bytes()
+        golden = Golden(
+            name="captured_case", dialect="legacy", upstream=body, meta=meta, expected=expected
+        )
+        assert "Echo: question 0" in expected["content"]
+        assert len(expected["annotations"]) == 2
+        check(golden_replay(golden, LegacyDecoder), golden)
+        check(golden_replay(golden, LegacyDecoder, bytewise), golden)
+    # and the folder replays like any other fixture
+    code, report = replay(folder)
+    assert code == 0
+    assert report["summary"]["exchanges"] == 1

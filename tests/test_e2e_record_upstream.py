@@ -13,6 +13,7 @@ from mitmproxy import http
 from mitmproxy.io import FlowReader
 
 from addon._replay import run_replay
+from addon.cli import main as cli_main
 from fixtures.fake_kimi import FakeKimi, Fault, Scenario
 from tests.proxy_harness import running_proxy
 from tests.test_e2e_dialects import sdk, user, wait_for
@@ -128,8 +129,8 @@ async def test_a_recording_becomes_a_golden_fixture(dialect, tmp_path):
     async with FakeKimi() as fake:
         record, _ = await record_chats(fake, tmp_path, dialect, ["kimi-search"])
     folder = tmp_path / "fixtures" / "captured_case"
-    out = io.StringIO()
-    assert save_fixtures([str(record)], str(folder), out=out) == 0, out.getvalue()
+    # the command as docs/testing.md shows it
+    assert cli_main(["replay", "--save-fixture", str(folder), str(record)]) == 0
     assert save_fixtures([str(record)], str(folder), out=io.StringIO()) == 2  # never overwrites
     meta = json.loads((folder / "meta.json").read_text(encoding="utf-8"))
     expected = json.loads((folder / "expected.json").read_text(encoding="utf-8"))

@@ -8,6 +8,7 @@ assertions are also on what the fake upstream recorded.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import io
 import json
@@ -19,6 +20,7 @@ import httpx
 import openai
 import pytest
 
+from fixtures.fake_kimi import Fault, Scenario
 from tests.proxy_harness import running_proxy
 from tests.schema_check import assert_valid
 from tests.test_e2e_codex import CONFIG as CODEX_CONFIG
@@ -30,6 +32,7 @@ from tests.test_e2e_dialects import (
     used_conversations,
     wait_for,
 )
+from translator import fold_response
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
 
@@ -282,3 +285,85 @@ def test_readme_codex_config_is_the_tested_one():
     toml = re.search(r"```toml\n(.*?)```", readme_section(), re.DOTALL)
     assert toml is not None
     assert toml.group(1) == CODEX_CONFIG.format(base_url="http://127.0.0.1:8000")
+
+
+# --- reasoning, files, failures ------------------------------------------------------------------
+
+
+async def test_reasoning_effort_gives_a_reasoning_item(fake, dialect, proxy):
+    model = "kimi-k1" if dialect == "legacy" else "kimi"
+    async with sdk(proxy) as client:
+        whole = await client.responses.create(
+            model=model, input="think hard", reasoning={"effort": "high"}
+        )
+    events = await raw_events(
+        proxy, {"model": model, "input": "think hard", "reasoning": {"effort": "high"}}
+    )
+    body = valid_response(whole)
+    reasoning, message = body["output"]
+    assert reasoning["type"] == "reasoning"
+    thinking = {"type": "reasoning_text", "text": "Thinking about: think hard"}
+    assert reasoning["content"] == [thinking]
+    assert message["content"][0]["text"] == "Echo: think hard"
+    assert body["usage"]["output_tokens_details"]["reasoning_tokens"] > 0
+    thought = "".join(e["delta"] for e in events if e["type"] == "response.reasoning_text.delta")
+    assert thought == "Thinking about: think hard"
+    assert fold_response(events) == events[-1]["response"]
+
+
+async def test_input_file_and_image_are_uploaded(fake, dialect, proxy):
+    pdf = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
+    async with sdk(proxy) as client:
+        result = await client.responses.create(
+            model="kimi",
+            input=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_text", "text": "what is in it?"},
+                        {
+                            "type": "input_file",
+                            "filename": "notes.pdf",
+                            "file_data": "data:application/pdf;base64,"
+                            + base64.b64encode(pdf).decode(),
+                        },
+                    ],
+                }
+            ],
+        )
+    valid_response(result)
+    assert result.output_text.endswith(f"[files: notes.pdf ({len(pdf)} bytes)]")
+    assert pdf in fake.record.uploads.values()
+
+
+async def test_kimi_refusal_before_the_answer_is_an_openai_error(fake, dialect, proxy):
+    route = "completion" if dialect == "legacy" else "chat"
+    fake.set_scenario(Scenario.of(Fault(kind="http_status", match=route, status=500)))
+    async with sdk(proxy) as client:
+        with pytest.raises(openai.APIStatusError) as caught:
+            await client.responses.create(model="kimi", input="hello")
+        with pytest.raises(openai.APIStatusError):
+            async with client.responses.stream(model="kimi", input="hello") as stream:
+                await stream.get_final_response()
+    assert caught.value.status_code == 502
+    assert_valid("openai.error", {"error": caught.value.body})
+    await wait_for(lambda: all(c.deleted_at is not None for c in used_conversations(fake)))
+
+
+async def test_a_cut_mid_answer_ends_with_response_failed(fake, dialect, proxy):
+    route = "completion" if dialect == "legacy" else "chat"
+    fake.set_scenario(Scenario.of(Fault(kind="cut", match=route, after_bytes=800)))
+    events = await raw_events(proxy, {"model": "kimi", "input": "x" * 600})
+    assert events[-1]["type"] == "response.failed"
+    failed = events[-1]["response"]
+    assert failed["status"] == "failed"
+    assert failed["error"]["code"] == "server_error"
+    partial = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert partial
+    assert ("Echo: " + "x" * 600).startswith(partial)
+    assert fold_response(events) == failed
+    # Failed responses are not stored.
+    async with sdk(proxy) as client:
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve(failed["id"])
+    await wait_for(lambda: all(c.deleted_at is not None for c in used_conversations(fake)))

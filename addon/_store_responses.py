@@ -75,7 +75,7 @@ class ResponseMethods(SqliteBase):
         """The newest stored response of a conversation (the one Kimi's copy ends with)."""
         rows = self._read(
             "SELECT id FROM responses WHERE conversation_id = ?"
-            " ORDER BY created_at DESC, rowid DESC LIMIT 1",
+            " ORDER BY created_at DESC LIMIT 1",
             (conversation_id,),
         )
         return str(rows[0]["id"]) if rows else None

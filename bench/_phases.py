@@ -21,6 +21,7 @@ from translator import ModelFlags
 from translator._legacy_calls import create_conversation_call
 
 from ._clients import Sample, limit_once, raw_once, sdk_once
+from ._deletes import phase_conversations
 from ._proxy import ProxyHandle
 from ._stats import read_process, reset_peak_rss, summary_ms
 
@@ -37,8 +38,14 @@ class Env:
     prompt: str
     rtt: float
     deadline: float  # time.monotonic() after which phases stop
+    #: the refresh tokens' prefix: `<prefix>-0` ... per worker, `<prefix>-limit` for the limit.
+    #: Each run (one per conversation TTL) has its own, since the fake rotates refresh tokens.
+    token_prefix: str = "bench"
     access_token: str = ""
     conversations: list[str] = field(default_factory=list)
+    #: each proxy phase's result and the conversations its measured completions used; their
+    #: deletions are counted once the proxy has stopped (bench._deletes)
+    used: list[tuple[dict[str, Any], set[str]]] = field(default_factory=list)
 
 
 def _client(env: Env, concurrency: int, *, upstream: bool) -> httpx.AsyncClient:
@@ -59,7 +66,8 @@ async def _limit_setup(env: Env, http: httpx.AsyncClient, concurrency: int) -> N
     base = env.fake.base_url
     if not env.access_token:
         resp = await http.get(
-            base + "/api/auth/token/refresh", headers={"authorization": "Bearer bench-limit"}
+            base + "/api/auth/token/refresh",
+            headers={"authorization": f"Bearer {env.token_prefix}-limit"},
         )
         resp.raise_for_status()
         env.access_token = resp.json()["access_token"]
@@ -121,7 +129,7 @@ async def run_phase(env: Env, kind: str, concurrency: int, completions: int) -> 
         elif kind == "raw":
 
             async def one(i: int) -> Sample:
-                return await raw_once(http, env.proxy.url, f"bench-{i}", env.prompt)
+                return await raw_once(http, env.proxy.url, f"{env.token_prefix}-{i}", env.prompt)
 
         elif kind == "sdk":
             import openai
@@ -129,7 +137,9 @@ async def run_phase(env: Env, kind: str, concurrency: int, completions: int) -> 
             base_sdk = openai.AsyncOpenAI(
                 base_url=env.proxy.url + "/v1", api_key="unused", max_retries=0, http_client=http
             )
-            sdks = [base_sdk.with_options(api_key=f"bench-{i}") for i in range(concurrency)]
+            sdks = [
+                base_sdk.with_options(api_key=f"{env.token_prefix}-{i}") for i in range(concurrency)
+            ]
 
             async def one(i: int) -> Sample:
                 return await sdk_once(sdks[i], env.prompt)
@@ -163,9 +173,12 @@ async def _measure(
         after = read_process()
         upstream = env.fake.record.requests[first_request:]
         after_proxy = await env.proxy.snap()
-    return _summarise(
+    result = _summarise(
         kind, concurrency, samples, wall, before, after, before_proxy, after_proxy, upstream, env
     )
+    if kind != "limit":
+        env.used.append((result, phase_conversations(upstream)))
+    return result
 
 
 def _summarise(

@@ -46,6 +46,19 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def _ttl(ttl: float | None) -> str:
+    return "–" if ttl is None else f"{ttl:g}"
+
+
+def _cleanup_cell(cleanup: dict[str, Any] | None) -> str:
+    if not cleanup or cleanup["deletes_per_conversation"] is None:
+        return "–"
+    return (
+        f"{cleanup['deletes_per_conversation']:.2f} "
+        f"({cleanup['deletes_not_2xx']}, {cleanup['left_behind']})"
+    )
+
+
 def markdown(result: dict[str, Any]) -> str:
     cfg = result["config"]
     lines = [
@@ -53,10 +66,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"{cfg['token_rate']:.0f} tokens/s; proxy {cfg['proxy_mode']}; "
         f"{result['machine']['cpus']} CPUs, {result['machine']['cpu_model']}.",
         "",
-        "| c | client | n (ok) | TTFT p50 / p95 / p99 ms | TTFT p50 ×limit (+ms) "
+        "| c | TTL s | client | n (ok) | TTFT p50 / p95 / p99 ms | TTFT p50 ×limit (+ms) "
         "| total p50 ms (×) | chunks/s (×) | upstream calls/compl. critical / all "
-        "| CPU s/1k (×) | peak RSS MB (×) |",
-        "|---:|---|---:|---|---|---|---|---|---|---|",
+        "| CPU s/1k (×) | proxy CPU s/1k | peak RSS MB (×) | DELETEs/conv. (not 2xx, left) |",
+        "|---:|---:|---|---:|---|---|---|---|---|---|---|---|---|",
     ]
     for level in result["levels"]:
         for kind in ("limit", "sdk", "raw"):
@@ -72,14 +85,17 @@ def markdown(result: dict[str, Any]) -> str:
                 return f" ({_cell(r.get(key))}×)" if key in r else ""
 
             lines.append(
-                f"| {level['concurrency']} | {kind} | {res['completions']} ({res['ok']}) "
+                f"| {level['concurrency']} | {_ttl(level.get('conversation_ttl'))} | {kind} "
+                f"| {res['completions']} ({res['ok']}) "
                 f"| {t['p50']:.1f} / {t['p95']:.1f} / {t['p99']:.1f} | {ttft_ratio} "
                 f"| {res['total_ms']['p50']:.0f}{x('total_p50')} "
                 f"| {res['chunks_per_s']:.0f}{x('chunks_per_s')} "
                 f"| {_cell(res['critical_path_calls_per_completion'])} / "
                 f"{_cell(res['upstream_calls_per_completion'])} "
                 f"| {_cell(res['cpu_s_per_1k']['total'])}{x('cpu_s_per_1k')} "
-                f"| {_cell(res['peak_rss_mb']['total'])}{x('peak_rss_mb')} |"
+                f"| {_cell(res['cpu_s_per_1k'].get('proxy_process'))} "
+                f"| {_cell(res['peak_rss_mb']['total'])}{x('peak_rss_mb')} "
+                f"| {_cleanup_cell(res.get('cleanup'))} |"
             )
     if result.get("notes"):
         lines += ["", *(f"- {note}" for note in result["notes"])]

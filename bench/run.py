@@ -24,6 +24,7 @@ from typing import Any
 
 from fixtures.fake_kimi import FakeKimi
 
+from ._deletes import count_deletes
 from ._phases import Env, delete_limit_conversations, run_phase
 from ._proxy import start_proxy
 from ._report import add_ratios, markdown, write_results
@@ -60,6 +61,9 @@ class BenchConfig:
     #: cProfile the proxy process (subprocess mode) into this file
     profile_proxy: Path | None = None
     kinds: tuple[str, ...] = KINDS
+    #: one whole run (fresh proxy and store) per value: 600 is the proxy's default, 0 deletes
+    #: each conversation as its reply ends
+    conversation_ttls: tuple[int, ...] = (600,)
 
 
 def machine() -> dict[str, Any]:
@@ -98,7 +102,8 @@ async def run_bench(cfg: BenchConfig, *, workdir: Path | None = None) -> dict[st
             "chunk_size": list(cfg.chunk_size),
             "prompt_chars": len(cfg.prompt),
             "proxy_mode": cfg.proxy_mode,
-            "accounts": "one refresh token per worker (bench-0 ... bench-<c-1>)",
+            "accounts": "one refresh token per worker (bench-0 ... bench-<c-1>; bench-ttl<T>-<i> "
+            "in the run at a second TTL)",
             "max_account_concurrency": cfg.max_account_concurrency,
             "precreate_conversations": cfg.precreate_conversations,
             "fd_limit": fd_limit,
@@ -107,9 +112,10 @@ async def run_bench(cfg: BenchConfig, *, workdir: Path | None = None) -> dict[st
         "levels": [],
         "notes": [],
     }
+    result["config"]["conversation_ttls"] = list(cfg.conversation_ttls)
     with tempfile.TemporaryDirectory(prefix="kimi-bench-") as tmp:
-        base = Path(tempfile.mkdtemp(dir=workdir)) if workdir else Path(tmp)
-        result["config"]["workdir_fs"] = _filesystem(base)
+        root = Path(tempfile.mkdtemp(dir=workdir)) if workdir else Path(tmp)
+        result["config"]["workdir_fs"] = _filesystem(root)
         fake = FakeKimi(
             dialect_routes="legacy",
             rtt=cfg.rtt,
@@ -119,36 +125,12 @@ async def run_bench(cfg: BenchConfig, *, workdir: Path | None = None) -> dict[st
         )
         await fake.start()
         try:
-            client_tls = (
-                ssl.create_default_context(cafile=fake.ca_cert_path) if fake.ca_cert_path else None
-            )
-            options = {
-                "kimi_dialect": "legacy",
-                "max_account_concurrency": cfg.max_account_concurrency,
-                "precreate_conversations": cfg.precreate_conversations,
-            }
-            async with start_proxy(
-                mode=cfg.proxy_mode,
-                kimi_base_url=fake.base_url,
-                ca_cert=fake.ca_cert_path,
-                workdir=base,
-                options=options,
-                profile=cfg.profile_proxy,
-            ) as proxy:
-                env = Env(
-                    fake=fake,
-                    proxy=proxy,
-                    client_tls=client_tls,
-                    prompt=cfg.prompt,
-                    rtt=cfg.rtt,
-                    deadline=started + cfg.max_seconds,
-                )
-                try:
-                    await _levels(cfg, env, result)
-                finally:
-                    _fast_cleanup(fake)
-                    await delete_limit_conversations(env)
-            result["conversations_left_behind"] = len(fake.record.live_conversations())
+            left = 0
+            for ttl in cfg.conversation_ttls:
+                base = root / f"ttl-{ttl}"
+                base.mkdir()
+                left += await _one_run(cfg, fake, base, ttl, started, result)
+            result["conversations_left_behind"] = left
         finally:
             await fake.stop()
     result["duration_s"] = round(time.monotonic() - started, 1)
@@ -156,10 +138,60 @@ async def run_bench(cfg: BenchConfig, *, workdir: Path | None = None) -> dict[st
     return result
 
 
-async def _levels(cfg: BenchConfig, env: Env, result: dict[str, Any]) -> None:
+async def _one_run(
+    cfg: BenchConfig, fake: FakeKimi, base: Path, ttl: int, started: float, result: dict[str, Any]
+) -> int:
+    """Every level with a fresh proxy (and store) at one conversation TTL; then, with the proxy
+    stopped, each phase's deletions. Returns the conversations left behind on the fake."""
+    _set_rtt(fake, cfg.rtt)
+    client_tls = ssl.create_default_context(cafile=fake.ca_cert_path) if fake.ca_cert_path else None
+    options = {
+        "kimi_dialect": "legacy",
+        "max_account_concurrency": cfg.max_account_concurrency,
+        "precreate_conversations": cfg.precreate_conversations,
+        "conversation_ttl": ttl,
+    }
+    profile = cfg.profile_proxy
+    if profile is not None and len(cfg.conversation_ttls) > 1:
+        profile = profile.with_name(f"{profile.stem}-ttl{ttl}{profile.suffix}")
+    before = {c.id for c in fake.record.live_conversations()}
+    async with start_proxy(
+        mode=cfg.proxy_mode,
+        kimi_base_url=fake.base_url,
+        ca_cert=fake.ca_cert_path,
+        workdir=base,
+        options=options,
+        profile=profile,
+    ) as proxy:
+        env = Env(
+            fake=fake,
+            proxy=proxy,
+            client_tls=client_tls,
+            prompt=cfg.prompt,
+            rtt=cfg.rtt,
+            deadline=started + cfg.max_seconds,
+            token_prefix="bench" if ttl == cfg.conversation_ttls[0] else f"bench-ttl{ttl}",
+        )
+        try:
+            await _levels(cfg, env, result, ttl)
+        finally:
+            _set_rtt(fake, 0.0)
+            await delete_limit_conversations(env)
+    requests = fake.record.requests
+    live = {c.id for c in fake.record.live_conversations()}
+    for phase, used in env.used:
+        phase["cleanup"] = count_deletes(requests, used, phase["completions"], live)
+    return len(live - before)
+
+
+async def _levels(cfg: BenchConfig, env: Env, result: dict[str, Any], ttl: int) -> None:
     for concurrency in cfg.concurrency:
         n = cfg.completions or default_completions(concurrency)
-        level: dict[str, Any] = {"concurrency": concurrency, "results": {}}
+        level: dict[str, Any] = {
+            "concurrency": concurrency,
+            "conversation_ttl": ttl,
+            "results": {},
+        }
         result["levels"].append(level)
         for kind in cfg.kinds:
             try:
@@ -189,12 +221,13 @@ def _filesystem(path: Path) -> str:
     return f"{best[0]} ({best[1]})"
 
 
-def _fast_cleanup(fake: FakeKimi) -> None:
-    # The proxy deletes every conversation it holds when it stops, one call after another; with
-    # the injected RTT that is ~40 ms each. The measurement is over: drop the RTT so cleanup
-    # takes seconds. (FakeKimi has no public setter for this; its config is a frozen value.)
+def _set_rtt(fake: FakeKimi, rtt: float) -> None:
+    # The proxy deletes every conversation it holds when it stops, 16 at a time; with the
+    # injected RTT that is ~40 ms each. Once the measurement is over the RTT is dropped so
+    # cleanup takes seconds, and set again for the next run. (FakeKimi has no public setter
+    # for this; its config is a frozen value.)
     core = fake._core
-    core.config = dataclasses.replace(core.config, rtt=0.0)
+    core.config = dataclasses.replace(core.config, rtt=rtt)
 
 
 def _progress(res: dict[str, Any]) -> None:
@@ -211,6 +244,16 @@ def _parse_levels(text: str) -> tuple[int, ...]:
     if not levels or min(levels) < 1:
         raise argparse.ArgumentTypeError("a comma-separated list of positive integers")
     return levels
+
+
+def _parse_ttls(text: str) -> tuple[int, ...]:
+    try:
+        ttls = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        ttls = ()
+    if not ttls or min(ttls) < 0:
+        raise argparse.ArgumentTypeError("a comma-separated list of whole seconds >= 0, e.g. 600,0")
+    return ttls
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -233,6 +276,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--clients", default=",".join(KINDS), help="which of limit,sdk,raw to run (default all)"
     )
+    parser.add_argument(
+        "--conversation-ttl",
+        type=_parse_ttls,
+        default=(600,),
+        help="the proxy's conversation_ttl; a comma-separated list runs everything once per "
+        "value, e.g. 600,0 (default 600)",
+    )
     args = parser.parse_args(argv)
     cfg = BenchConfig(
         concurrency=args.concurrency or ((1, 10) if args.quick else (1, 50, 500)),
@@ -244,6 +294,7 @@ def main(argv: list[str] | None = None) -> int:
         max_seconds=args.max_seconds,
         profile_proxy=args.profile_proxy.resolve() if args.profile_proxy else None,
         kinds=tuple(k for k in args.clients.split(",") if k),
+        conversation_ttls=args.conversation_ttl,
     )
     result = asyncio.run(run_bench(cfg, workdir=args.workdir))
     paths = write_results(result, args.out)

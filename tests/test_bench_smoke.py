@@ -7,7 +7,7 @@ import pytest
 from bench._report import markdown
 from bench.run import BenchConfig, run_bench
 
-pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 
 async def test_bench_reports_every_field(tmp_path):
@@ -17,11 +17,17 @@ async def test_bench_reports_every_field(tmp_path):
         rtt=0.005,
         token_rate=1000.0,
         proxy_mode="inprocess",
-        max_seconds=40.0,
+        max_seconds=80.0,
+        conversation_ttls=(600, 0),
     )
     result = await run_bench(cfg, workdir=tmp_path)
 
-    assert [level["concurrency"] for level in result["levels"]] == [1, 3]
+    assert [(level["concurrency"], level["conversation_ttl"]) for level in result["levels"]] == [
+        (1, 600),
+        (3, 600),
+        (1, 0),
+        (3, 0),
+    ]
     for level in result["levels"]:
         results = level["results"]
         assert set(results) == {"limit", "sdk", "raw"}
@@ -39,13 +45,23 @@ async def test_bench_reports_every_field(tmp_path):
             assert res["chunks_per_s"] > 0
             assert res["cpu_s_per_1k"]["total"] > 0
             assert res["peak_rss_mb"]["total"] > 0
-            assert 1 <= res["upstream_calls_per_completion"] <= 2
+            # the stream, its spare's creation, and with TTL 0 its deletion
+            most = 2 if level["conversation_ttl"] or kind == "limit" else 3
+            assert 1 <= res["upstream_calls_per_completion"] <= most
             if kind == "limit":
                 assert res["upstream_routes"] == {"completion": 3}
                 continue
             # The critical path is the stream alone: the spare conversation was pre-created,
             # and the proxy's own per-request counter says so.
             assert res["proxy_logged_requests"] == 3
+            # Cleanup deleted each conversation the phase used exactly once: at shutdown with
+            # TTL 600, as each reply ended with TTL 0.
+            cleanup = res["cleanup"]
+            assert cleanup["conversations"] == 3
+            assert cleanup["deletes_per_conversation"] == 1.0, cleanup
+            assert cleanup["deletes_per_completion"] == 1.0, cleanup
+            assert cleanup["deletes_not_2xx"] == 0
+            assert cleanup["left_behind"] == 0
             assert res["critical_path_calls_max"] == 1
             assert res["upstream_routes"].get("completion") == 3
             ratios = res["ratio_to_limit"]
@@ -56,8 +72,9 @@ async def test_bench_reports_every_field(tmp_path):
 
     assert result["conversations_left_behind"] == 0
     table = markdown(result)
-    assert table.count("\n| 1 | ") == 3
-    assert table.count("\n| 3 | ") == 3
+    assert table.count("\n| 1 | 600 | ") == 3
+    assert table.count("\n| 3 | 0 | ") == 3
+    assert table.count(" | 1.00 (0, 0) |") == 8
 
 
 def test_micro_bodies_translate_to_valid_chunks():

@@ -85,12 +85,13 @@ async def test_claude_code_reads_a_file_through_the_proxy(fake, dialect, tmp_pat
     assert result["type"] == "result"
     assert result["subtype"] == "success", result
     assert result["is_error"] is False
-    # Claude Code's request (system prompt, 24 tools, thinking, output_config, ...) reached Kimi
-    # through the Messages face, and Kimi's answer came back as Claude Code's result.
-    assert fake.record.calls("completion" if dialect == "legacy" else "chat")
+    # Claude Code's requests (system prompt, 24 tools, thinking, output_config, ...) reached
+    # Kimi through the Messages face: the fake model asked for `Read`, Claude Code ran it and
+    # sent the file back as a tool_result, and the fake's final answer quotes it.
+    assert SECRET in result["result"], result["result"]
+    assert result["result"].startswith("The file says:")
+    calls = fake.record.calls("completion" if dialect == "legacy" else "chat")
+    assert len(calls) >= 2  # the turn that asked for the call, the turn with its result
     prompts = [m.text for c in fake.record.conversations.values() for m in c.messages]
     assert any("read the file hello.txt" in p for p in prompts)
-    # Until the tool-call parser is on main the fake's call markup comes back as text.
-    # TODO(messages): assert the Read round trip once tool_calls chunks flow.
-    answer = result["result"]
-    assert answer.startswith("Echo:") or 'name="Read"' in answer, answer
+    assert any("<tool_result" in p and SECRET in p for p in prompts), prompts

@@ -453,3 +453,50 @@ async def test_readme_example_runs(fake, dialect, proxy):
     printed = output.getvalue()
     assert "user:What is the capital of France?" in printed
     assert "Echo: Why is the sky blue?" in printed
+
+
+async def test_tool_use_round_trip(fake, dialect, proxy):
+    ask = [user("read the file notes.txt")]
+    async with client(proxy) as sdk:
+        first = await sdk.messages.create(
+            model=MODEL, max_tokens=256, tools=[READ_TOOL], messages=ask
+        )
+        async with sdk.messages.stream(
+            model=MODEL, max_tokens=256, tools=[READ_TOOL], messages=ask
+        ) as stream:
+            streamed = await stream.get_final_message()
+        valid_message(first)
+        valid_message(streamed)
+        for message in (first, streamed):
+            assert message.stop_reason == "tool_use"
+            (call,) = [b for b in message.content if b.type == "tool_use"]
+            assert call.name == "Read"
+            assert call.input == {"file_path": "notes.txt"}
+        (call,) = [b for b in first.content if b.type == "tool_use"]
+        result = {"type": "tool_result", "tool_use_id": call.id, "content": "     1\tpelican\n"}
+        second = await sdk.messages.create(
+            model=MODEL,
+            max_tokens=256,
+            tools=[READ_TOOL],
+            messages=[*ask, first.to_param(), user([result])],
+        )
+    valid_message(second)
+    assert second.stop_reason == "end_turn"
+    assert second.content[0].text == "The file says: pelican"  # type: ignore[union-attr]
+    # The raw stream of a call: a tool_use block, its input in input_json_delta pieces.
+    status, _, text = await post_raw(
+        proxy,
+        "/v1/messages",
+        {"model": MODEL, "max_tokens": 256, "stream": True, "tools": [READ_TOOL], "messages": ask},
+    )
+    assert status == 200
+    events = sse_events(text)
+    starts = [e["content_block"] for e in events if e["type"] == "content_block_start"]
+    assert starts[-1]["type"] == "tool_use"
+    pieces = "".join(
+        e["delta"]["partial_json"]
+        for e in events
+        if e["type"] == "content_block_delta" and e["delta"]["type"] == "input_json_delta"
+    )
+    assert json.loads(pieces) == {"file_path": "notes.txt"}
+    assert events[-2]["delta"]["stop_reason"] == "tool_use"

@@ -202,19 +202,7 @@ class ResponsesService:
             previous_id = body.get("previous_response_id")
             previous = self._owned(previous_id, credentials, param="previous_response_id")
             if previous is not None:
-                latest = self.store.latest_response_id(previous.conversation_id)
-                if latest != previous.id:
-                    # Kimi's copy of the conversation went on past this response: posting there
-                    # would answer with turns the client branched away from.
-                    raise LocalProtocolError(
-                        "previous_response_id: only the latest response of a conversation can "
-                        f"be continued here; '{previous.id}' was continued by '{latest}'",
-                        param="previous_response_id",
-                        code="unsupported_value",
-                    )
-                plan = plan_responses(
-                    body, conversation_id=previous.conversation_id, continues=previous.id
-                )
+                plan = self._continuing(body, previous)
         except (LocalProtocolError, AccessDenied) as err:
             stats.status = err.status
             return error_response(err)
@@ -271,6 +259,38 @@ class ResponsesService:
             now=now,
         )
         self.store.prune_responses(older_than=now - _PRUNE_GRACE)
+
+    def _continuing(self, body: Any, previous: StoredResponse) -> ResponsesPlan:
+        """The plan of a request that continues `previous`."""
+        if self.store.latest_response_id(previous.conversation_id) == previous.id:
+            return plan_responses(
+                body, conversation_id=previous.conversation_id, continues=previous.id
+            )
+        # Kimi's copy of the conversation went on past this response (the client
+        # branches): posting there would answer with turns the client left behind. The
+        # branch starts a new Kimi chat with the history up to `previous` instead.
+        new_input = body["input"]
+        if isinstance(new_input, str):
+            new_input = [{"type": "message", "role": "user", "content": new_input}]
+        branched = {**body, "input": [*self._history(previous), *new_input]}
+        return plan_responses(branched, continues=previous.id)
+
+    def _history(self, previous: StoredResponse) -> list[Any]:
+        """The items of the conversation up to and including `previous`: each stored
+        response's input and output, from the one that began its Kimi conversation (whose
+        input holds any history before it) to `previous`. Output items go back as input items
+        unchanged; `plan_responses` reads messages and calls from them and skips the rest."""
+        chain = [previous]
+        while (parent_id := chain[-1].previous_response_id) is not None:
+            parent = self.store.get_response(parent_id)
+            if parent is None or parent.conversation_id != chain[-1].conversation_id:
+                break
+            chain.append(parent)
+        items: list[Any] = []
+        for stored in reversed(chain):
+            items += stored.input_items
+            items += stored.response["output"]
+        return items
 
     def _owned(
         self, response_id: Any, credentials: str, *, param: str | None

@@ -125,6 +125,38 @@ async def test_previous_response_id_continues_the_conversation(fake, dialect, pr
     assert texts(used[0]) == ["turn one", "turn two", "turn three"]
 
 
+async def test_branching_from_an_earlier_response_replays_its_history(fake, dialect, proxy):
+    async with sdk(proxy) as client:
+        first = await client.responses.create(model="kimi", input="turn one")
+        await client.responses.create(model="kimi", input="turn two", previous_response_id=first.id)
+        branch = await client.responses.create(
+            model="kimi", input="other turn", previous_response_id=first.id
+        )
+        after = await client.responses.create(
+            model="kimi", input="branch goes on", previous_response_id=branch.id
+        )
+        again = await client.responses.create(
+            model="kimi", input="branch of the branch", previous_response_id=branch.id
+        )
+    for response in (branch, after, again):
+        valid_response(response)
+    assert branch.previous_response_id == first.id
+    original, branched, twice = used_conversations(fake)
+    assert texts(original) == ["turn one", "turn two"]
+    # The branch is a new Kimi chat holding the history up to `first`, never "turn two".
+    replay = texts(branched)[0]
+    assert "user:turn one" in replay
+    assert "assistant:Echo: turn one" in replay
+    assert replay.endswith("user:other turn")
+    assert "turn two" not in replay
+    assert texts(branched)[1:] == ["branch goes on"]
+    assert after.output_text == "Echo: branch goes on"
+    # A branch of the branch replays the whole line: turn one, other turn.
+    line = texts(twice)[0]
+    assert line.index("turn one") < line.index("other turn") < line.index("branch of the branch")
+    assert "branch goes on" not in line
+
+
 async def test_unknown_previous_response_id_is_a_404(fake, dialect, proxy):
     async with sdk(proxy) as client:
         with pytest.raises(openai.NotFoundError) as caught:

@@ -288,6 +288,11 @@ class ChatService:
             if note is not None and conversation_id:
                 # A face that stores answers (the Responses API) learns where this one lives.
                 note(account.id, dialect.name, conversation_id, live.last_message_id or "")
+            stopped = getattr(reply, "note_stop_string", None)
+            if stopped is not None and live.stop_string is not None:
+                # A face that reports which stop string ended the answer (Anthropic's
+                # `stop_sequence`) learns it before the last events are written.
+                stopped(live.stop_string)
             response = await reply.finish(final)
             stats.tokens = estimate_tokens(plan.prompt) + estimate_tokens(live.content)
             # A moderation stop ends the conversation's use: it is deleted at once.

@@ -130,6 +130,11 @@ class MessagesReply:
             await self._response.write_eof()
             return self._response
 
+    def note_stop_string(self, text: str) -> None:
+        """The chat pipeline cut the answer at this stop sequence: `stop_reason` is
+        `stop_sequence` and `stop_sequence` names it."""
+        self._encoder.stop_sequence = text
+
     def reset(self) -> None:
         """Forget a failed attempt before failing over to another account."""
         if self._response is None:

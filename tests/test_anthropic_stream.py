@@ -17,6 +17,8 @@ from hypothesis import strategies as st
 
 from fixtures.golden import list_scenarios, load_scenario, replay
 from tests.schema_check import assert_valid
+from tests.tool_streams import legacy_body
+from tests.tool_streams import run as run_stream
 from translator import (
     LocalProtocolError,
     MessagesEncoder,
@@ -422,3 +424,32 @@ def test_synthetic_answers_give_the_same_message_under_any_split(plan, points, g
     split = run(chunks, groups=grouped)
     assert check(split) == check(whole)
     assert deltas(split) == deltas(whole)
+
+
+# --- which stop sequence ended the answer ------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("stop", "deltas", "expected", "content"),
+    [
+        (["END", "HALT"], ["one two HA", "LT three END"], "HALT", "one two "),
+        (["END", "HALT"], ["one END two HALT"], "END", "one "),
+        (["END"], ["no stop here"], None, "no stop here"),
+        (None, ["plain"], None, "plain"),  # no shaper at all
+    ],
+)
+def test_the_translator_says_which_stop_string_cut_the_answer(stop, deltas, expected, content):
+    extra = {} if stop is None else {"stop": stop}
+    result = run_stream(
+        {"model": "kimi", "messages": [{"role": "user", "content": "x"}], **extra},
+        [legacy_body(deltas)],
+    )
+    assert result.translator is not None
+    assert result.translator.stop_string == expected
+    assert result.content == content
+    encoder_events = run(result.chunks, stop_sequence=result.translator.stop_string)
+    message = check(encoder_events)
+    if expected is None:
+        assert message["stop_reason"] == "end_turn"
+    else:
+        assert (message["stop_reason"], message["stop_sequence"]) == ("stop_sequence", expected)

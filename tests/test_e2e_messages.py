@@ -500,3 +500,20 @@ async def test_tool_use_round_trip(fake, dialect, proxy):
     )
     assert json.loads(pieces) == {"file_path": "notes.txt"}
     assert events[-2]["delta"]["stop_reason"] == "tool_use"
+
+
+async def test_stop_sequences(fake, dialect, proxy):
+    ask = [user("say alpha HALT beta")]
+    async with client(proxy) as sdk:
+        message = await sdk.messages.create(
+            model=MODEL, max_tokens=256, stop_sequences=["NEVER", "HALT"], messages=ask
+        )
+        async with sdk.messages.stream(
+            model=MODEL, max_tokens=256, stop_sequences=["HALT"], messages=ask
+        ) as stream:
+            streamed = await stream.get_final_message()
+    for answer in (message, streamed):
+        valid_message(answer)
+        assert answer.content[0].text == "Echo: say alpha "  # type: ignore[union-attr]
+        assert answer.stop_reason == "stop_sequence"
+        assert answer.stop_sequence == "HALT"

@@ -86,6 +86,8 @@ class AnswerShaper:
         self._repaired = False
         #: "stop" or "length" once the answer was cut short
         self.cut: str | None = None
+        #: the stop string that cut it (the earliest in the text), for APIs that report it
+        self.stop_string: str | None = None
 
     @classmethod
     def for_plan(cls, plan: ChatPlan) -> AnswerShaper | None:
@@ -135,11 +137,12 @@ class AnswerShaper:
         if not self._stops:
             return text
         data = self._held + text
-        found = [i for i in (data.find(s) for s in self._stops) if i >= 0]
+        found = [(i, s) for s in self._stops if (i := data.find(s)) >= 0]
         if found:
+            at, self.stop_string = min(found, key=lambda hit: hit[0])
             self.cut = "stop"
             self._held = ""
-            return data[: min(found)]
+            return data[:at]
         hold = 0
         for stop in self._stops:
             for k in range(min(len(stop) - 1, len(data)), hold, -1):

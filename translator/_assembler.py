@@ -193,6 +193,10 @@ class Assembler:
         return self._finish
 
     @property
+    def stop_string(self) -> str | None:
+        return None if self._shaper is None else self._shaper.stop_string
+
+    @property
     def continuation_segment(self) -> str | None:
         return self.last_message_id if self.state is State.CONTINUE else None
 

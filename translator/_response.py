@@ -154,6 +154,12 @@ class ResponseTranslator:
         return self._asm.finish_reason
 
     @property
+    def stop_string(self) -> str | None:
+        """The request's stop string that ended the answer, if one did (Anthropic reports it as
+        `stop_sequence`)."""
+        return self._asm.stop_string
+
+    @property
     def event_counts(self) -> dict[str, int]:
         """How many events of each kind were seen: UpstreamEvent class names, `Noise:<kind>`,
         `Unknown:<kind>`, plus `abrupt_end` and `continuation`."""

@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 
-from fixtures.fake_kimi import Fault, Scenario
+from fixtures.fake_kimi import FakeKimi, Fault, Scenario
 from tests.proxy_harness import running_proxy
 from tests.schema_check import assert_valid
 from tests.test_e2e_codex import CONFIG as CODEX_CONFIG
@@ -399,3 +399,24 @@ async def test_a_cut_mid_answer_ends_with_response_failed(fake, dialect, proxy):
         with pytest.raises(openai.NotFoundError):
             await client.responses.retrieve(failed["id"])
     await wait_for(lambda: all(c.deleted_at is not None for c in used_conversations(fake)))
+
+
+async def test_failover_before_the_first_event_answers_from_the_next_account(tmp_path):
+    fault = Fault(kind="http_status", match="completion", status=429, token="refresh-a")
+    async with (
+        FakeKimi(dialect_routes="legacy", scenario=Scenario.of(fault)) as fake,
+        running_proxy(fake.base_url, tmp_path, kimi_dialect="legacy") as proxy,
+    ):
+        events = await raw_events(
+            proxy, {"model": "kimi", "input": "fail over"}, token="refresh-a,refresh-b"
+        )
+        async with sdk(proxy, token="refresh-a,refresh-b") as client:
+            whole = await client.responses.create(model="kimi", input="fail over whole")
+    # One clean response each: the failed attempt left no event behind.
+    assert [e["type"] for e in events].count("response.created") == 1
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == "Echo: fail over"
+    assert valid_response(whole)["status"] == "completed"
+    account_b = fake.account_for("refresh-b")
+    assert account_b is not None
+    served = [r for r in fake.record.calls("completion") if r.status == 200]
+    assert [r.account_id for r in served] == [account_b.id] * 2

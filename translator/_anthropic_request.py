@@ -72,9 +72,10 @@ __all__ = [
 
 #: the Kimi model any `claude-*` name runs on (the proxy's default model)
 CLAUDE_MODEL: Final = "kimi"
-#: ... and when the request turns thinking on: the legacy dialect's k1.5 reasoning model, on
-#: www.kimi.com the default model with thinking on (reasoning_effort)
-CLAUDE_THINKING_MODEL: Final = "kimi-k1.5"
+#: ... and when the request turns thinking on. It reads right in both dialects: on the legacy
+#: kimi.moonshot.cn the k1 reasoning agent (`k1`), on www.kimi.com the default scenario with
+#: thinking on (`thinking`; no catalog model is named, so nothing Kimi lacks is asked for)
+CLAUDE_THINKING_MODEL: Final = "kimi-k1-thinking"
 #: the chat pipeline enforces at most this many stop strings (OpenAI's limit)
 MAX_STOP_SEQUENCES: Final = 4
 

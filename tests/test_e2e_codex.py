@@ -103,8 +103,13 @@ async def test_codex_reads_a_file_through_the_proxy(fake, dialect, tmp_path):
     assert code == 0, f"exit {code}\nstdout: {out[-2000:]}\nstderr: {err[-2000:]}"
     # Codex asked for the file with its own tool (exec_command `cat hello.txt`), ran it, sent the
     # result back, and printed the model's final answer.
-    prompts = [m.text for c in fake.record.conversations.values() for m in c.messages]
-    assert any("read the file hello.txt" in p for p in prompts)
-    # TODO(responses): until the tool-call parser is on main, the fake's call markup comes back
-    # as Codex's final answer; then assert the round trip (the file's content in the answer).
-    assert f"The file says: {SECRET}" in out or '"cmd": "cat hello.txt"' in out, out[-2000:]
+    assert f"The file says: {SECRET}" in out, f"stdout: {out[-2000:]}\nstderr: {err[-2000:]}"
+    assert "<tool_call" not in out
+    # What the fake saw: the request, then the tool result (Codex's exec output, with the
+    # file's content) posted into the same conversation.
+    (conversation,) = [c for c in fake.record.conversations.values() if c.messages]
+    first, second = (m.text for m in conversation.messages)
+    assert "read the file hello.txt" in first
+    assert "<tool_result" in second
+    assert SECRET in second
+    assert "read the file hello.txt" not in second

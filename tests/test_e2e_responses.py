@@ -262,6 +262,71 @@ READ_TOOL = {
 }
 
 
+async def test_tool_call_round_trip_by_previous_response_id(fake, dialect, proxy):
+    async with sdk(proxy) as client:
+        asked = await client.responses.create(
+            model="kimi", input="Please read the file notes.txt", tools=[READ_TOOL]
+        )
+        body = valid_response(asked)
+        calls = [item for item in body["output"] if item["type"] == "function_call"]
+        assert len(calls) == 1
+        assert calls[0]["name"] == "exec_command"
+        assert json.loads(calls[0]["arguments"]) == {"cmd": "cat notes.txt"}
+        async with client.responses.stream(
+            model="kimi",
+            previous_response_id=asked.id,
+            tools=[READ_TOOL],
+            input=[
+                {
+                    "type": "function_call_output",
+                    "call_id": calls[0]["call_id"],
+                    "output": "hello from the notes",
+                }
+            ],
+        ) as stream:
+            events = [e.to_dict(warnings=False) async for e in stream]
+            answered = await stream.get_final_response()
+    valid_events(events)
+    assert answered.output_text == "The file says: hello from the notes"
+    (conversation,) = used_conversations(fake)
+    assert len(conversation.messages) == 2
+    assert "hello from the notes" in conversation.messages[1].text
+    assert "Please read the file" not in conversation.messages[1].text
+
+
+async def test_streamed_tool_call_events(fake, dialect, proxy):
+    events = await raw_events(
+        proxy, {"model": "kimi", "input": "read the file a.txt", "tools": [READ_TOOL]}
+    )
+    kinds = [e["type"] for e in events]
+    assert "response.function_call_arguments.delta" in kinds
+    done = [e for e in events if e["type"] == "response.function_call_arguments.done"]
+    assert [json.loads(e["arguments"]) for e in done] == [{"cmd": "cat a.txt"}]
+    assert events[-1]["response"]["status"] == "completed"
+
+
+async def test_tool_round_trip_with_the_whole_history_and_store_false(fake, dialect, proxy):
+    # Codex's way: nothing stored, every turn sends the whole history.
+    history: list[dict[str, Any]] = [{"role": "user", "content": "read the file b.txt"}]
+    async with sdk(proxy) as client:
+        asked = await client.responses.create(
+            model="kimi", input=history, tools=[READ_TOOL], store=False
+        )
+        (call,) = [i for i in valid_response(asked)["output"] if i["type"] == "function_call"]
+        history += [
+            {k: call[k] for k in ("type", "call_id", "name", "arguments")},
+            {"type": "function_call_output", "call_id": call["call_id"], "output": "bee"},
+        ]
+        answered = await client.responses.create(
+            model="kimi", input=history, tools=[READ_TOOL], store=False
+        )
+    valid_response(answered)
+    assert answered.output_text == "The file says: bee"
+    # Automatic continuation by history: one conversation, only the new turn posted.
+    (conversation,) = used_conversations(fake)
+    assert len(conversation.messages) == 2
+
+
 async def test_structured_output(fake, dialect, proxy):
     schema = {
         "type": "object",

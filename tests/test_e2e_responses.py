@@ -485,3 +485,21 @@ async def test_failover_before_the_first_event_answers_from_the_next_account(tmp
     assert account_b is not None
     served = [r for r in fake.record.calls("completion") if r.status == 200]
     assert [r.account_id for r in served] == [account_b.id] * 2
+
+
+async def test_search_results_become_url_citations(fake, dialect, proxy):
+    async with sdk(proxy) as client:
+        whole = await client.responses.create(model="kimi-search", input="find it")
+    events = await raw_events(proxy, {"model": "kimi-search", "input": "find it"})
+    body = valid_response(whole)
+    (message,) = body["output"]
+    part = message["content"][0]
+    assert len(part["annotations"]) == 2
+    for note in part["annotations"]:
+        assert note["type"] == "url_citation"
+        assert note["url"].startswith("https://example.com/search/")
+        # The span is the markdown link the answer text carries for it.
+        assert part["text"][note["start_index"] : note["end_index"]].endswith(f"]({note['url']})")
+    added = [e for e in events if e["type"] == "response.output_text.annotation.added"]
+    assert len(added) == 2
+    assert fold_response(events)["output"][0]["content"][0] == part

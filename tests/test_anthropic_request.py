@@ -212,12 +212,12 @@ def test_tool_round_trip_history():
         {
             "id": "toolu_1",
             "type": "function",
-            "function": {"name": "Read", "arguments": '{"file_path":"a.txt"}'},
+            "function": {"name": "Read", "arguments": '{"file_path": "a.txt"}'},
         },
         {
             "id": "toolu_2",
             "type": "function",
-            "function": {"name": "Read", "arguments": '{"file_path":"b.txt"}'},
+            "function": {"name": "Read", "arguments": '{"file_path": "b.txt"}'},
         },
     ]
     assert messages[2] == {"role": "tool", "tool_call_id": "toolu_1", "content": "1\thello\n"}

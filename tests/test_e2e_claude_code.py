@@ -95,3 +95,7 @@ async def test_claude_code_reads_a_file_through_the_proxy(fake, dialect, tmp_pat
     prompts = [m.text for c in fake.record.conversations.values() for m in c.messages]
     assert any("read the file hello.txt" in p for p in prompts)
     assert any("<tool_result" in p and SECRET in p for p in prompts), prompts
+    # Both turns went to ONE Kimi conversation: the resent history (with the call Claude Code
+    # echoes back) matched the remembered exchange, so only the tool result was posted.
+    used = [c for c in fake.record.conversations.values() if c.messages]
+    assert [len(c.messages) for c in used] == [2]

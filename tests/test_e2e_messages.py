@@ -483,6 +483,8 @@ async def test_tool_use_round_trip(fake, dialect, proxy):
     valid_message(second)
     assert second.stop_reason == "end_turn"
     assert second.content[0].text == "The file says: pelican"  # type: ignore[union-attr]
+    # The round trip continued the Kimi conversation of the call (the streamed twin has its own).
+    assert sorted(len(c.messages) for c in used_conversations(fake)) == [1, 2]
     # The raw stream of a call: a tool_use block, its input in input_json_delta pieces.
     status, _, text = await post_raw(
         proxy,

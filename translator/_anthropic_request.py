@@ -13,7 +13,8 @@ pipeline run unchanged. The mapping:
     document, source text (text/plain)   → a `file` part holding the text as a .txt file
     document, source content (blocks)    → its text / image blocks, inline
     assistant tool_use blocks            → the assistant message's `tool_calls` (id kept; the
-                                           input as compact JSON `arguments`)
+                                           input as JSON `arguments`, written as the pipeline
+                                           writes them)
     user tool_result blocks              → `tool` messages (`tool_call_id` = tool_use_id), in
                                            order; `is_error: true` is kept as a first line
                                            `[tool error]`; images in a result follow as a user
@@ -328,9 +329,10 @@ def _assistant(content: list[Mapping[str, Any]], path: str) -> dict[str, Any]:
                     "type": "function",
                     "function": {
                         "name": name,
-                        "arguments": json.dumps(
-                            arguments, ensure_ascii=False, separators=(",", ":")
-                        ),
+                        # Written as the pipeline writes a call's arguments, so a resent
+                        # call reads exactly like the answer it came from, and the Kimi
+                        # conversation continues (the continuation key compares the text).
+                        "arguments": json.dumps(arguments, ensure_ascii=False),
                     },
                 }
             )

@@ -325,6 +325,20 @@ def test_system_role_message_and_string_content():
     assert chat["messages"][2] == {"role": "assistant", "content": "a"}
 
 
+def test_a_system_turn_after_a_user_turn_goes_before_it():
+    first = [
+        {"role": "user", "content": "read a.txt"},
+        {"role": "system", "content": "agents: ..."},
+        {"role": "system", "content": [{"type": "text", "text": "skills: ..."}]},
+    ]
+    chat = translate_messages(request(messages=first)).chat
+    assert [m["content"] for m in chat["messages"]] == ["agents: ...", "skills: ...", "read a.txt"]
+    # The next turn resends it: the same order, so the remembered prefix still matches.
+    second = [*first, {"role": "assistant", "content": "ok"}, {"role": "user", "content": "go"}]
+    again = translate_messages(request(messages=second)).chat
+    assert again["messages"][:3] == chat["messages"]
+
+
 BAD: list[tuple[Any, str, str]] = [
     ([], "", "invalid_type"),
     ({"max_tokens": 1, "messages": []}, "model", "missing_required_field"),

@@ -6,6 +6,8 @@ equivalent OpenAI `CreateChatCompletionRequest`, which `plan_chat` and the rest 
 pipeline run unchanged. The mapping:
 
     system (string or text blocks)       → a leading `system` message (block texts joined "\\n")
+    messages[] with role system          → a `system` message; right after a user turn it goes
+                                           just before that turn (see `_messages`)
     messages[].content text block        → a `text` part
     image, source base64 / url           → an `image_url` part (a `data:` URL, or the URL)
     document, source base64 (PDF)        → a `file` part with `file_data` (a `data:` URL)
@@ -357,7 +359,15 @@ def _messages(value: Any) -> list[dict[str, Any]]:
             raise _fail(f"{path}.content", "Field required", "missing_required_field")
         content = message["content"]
         if role == "system":
-            out.append({"role": "system", "content": _text_of(content, f"{path}.content")})
+            system = {"role": "system", "content": _text_of(content, f"{path}.content")}
+            if out and out[-1]["role"] == "user":
+                # Claude Code adds context as a system turn right after the user's: put before
+                # that turn, the user's words stay the newest thing in the flattened prompt,
+                # which asks Kimi to attend to the last message. The same rule on every
+                # resend keeps the history's prefix stable, so conversations still continue.
+                out.insert(len(out) - 1, system)
+            else:
+                out.append(system)
         elif isinstance(content, str):
             out.append({"role": role, "content": content})
         elif role == "user":

@@ -257,8 +257,8 @@ def build_app(
         return _openai_error(
             404,
             f"Unknown request URL: {request.method} {request.path}. "
-            "This proxy serves /v1/chat/completions, /v1/responses, /v1/models, /token/check "
-            "and /ping.",
+            "This proxy serves /v1/chat/completions, /v1/responses, /v1/messages, /v1/models, "
+            "/token/check and /ping.",
             type_="invalid_request_error",
             code="unknown_url",
         )

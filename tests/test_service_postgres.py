@@ -28,6 +28,7 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 ORIGINAL = "rt-pg-shared-original-6a1e"
 TOKENS = [f"rt-pg-race-{n:02d}-3b8d1f7c2e" for n in range(10)]
+ROUNDS = 6
 
 
 class Clock:
@@ -108,7 +109,7 @@ async def test_processes_racing_on_postgres_send_each_refresh_token_once(postgre
     async with FakeKimi(dialect_routes="both", access_ttl=2.0) as fake:
         for token in TOKENS:
             fake.add_account(token)
-        results = await run_workers(fake.base_url, url, processes, rounds=8)
+        results = await run_workers(fake.base_url, url, processes, rounds=ROUNDS)
         refreshes = fake.record.refresh_calls()
         sent = Counter(r.headers["authorization"][7:] for r in refreshes)
         assert sent
@@ -119,7 +120,7 @@ async def test_processes_racing_on_postgres_send_each_refresh_token_once(postgre
         assert not any(a.dead for a in fake.accounts.values())
     assert sum(r["client_401"] for r in results) == 0
     assert sum(r["auth_failed"] for r in results) == 0
-    assert sum(r["calls"] for r in results) == processes * 8 * len(TOKENS)
+    assert sum(r["calls"] for r in results) == processes * ROUNDS * len(TOKENS)
     store = PgStore(url)
     try:
         views = store.list_accounts()

@@ -177,7 +177,7 @@ def usage_recorder(
                 account_id=stats.account_id,
                 key_label=key_label(request),
                 tokens=stats.tokens,
-                error=error_of(response, record.status),
+                error=error_of(response, record.status, stats.error),
             )
         )
 

@@ -94,6 +94,8 @@ class ChatStats:
     account_id: str | None = None
     #: estimated tokens of the prompt and the answer (the `usage` heuristic)
     tokens: int = 0
+    #: the error a reply ended with (for the admin page; a stream's comes after its 200)
+    error: TranslatorError | None = None
 
 
 class _BeforeStart(Exception):
@@ -324,6 +326,7 @@ class ChatService:
                 created_here = True
             if (translator is None or not translator.started) and not reply.started:
                 raise _BeforeStart(err) from err
+            stats.error = err
             return await reply.fail(err)
         finally:
             if not conversation_id and translator is not None and translator.conversation_id:

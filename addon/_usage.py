@@ -16,6 +16,8 @@ from typing import Any
 
 from aiohttp import web
 
+from translator import TranslatorError
+
 from ._secrets import redact
 
 __all__ = ["UsageEvent", "UsageLog", "error_of"]
@@ -37,11 +39,19 @@ class UsageEvent:
     error: dict[str, Any] | None
 
 
-def error_of(response: web.StreamResponse, status: int) -> dict[str, Any] | None:
-    """The error a failed request answered with: read from a JSON error body, else (a stream
-    that failed after its first chunk) a note with the final status."""
+def error_of(
+    response: web.StreamResponse, status: int, error: TranslatorError | None = None
+) -> dict[str, Any] | None:
+    """The error a failed request answered with: `error` (the one a stream ended with), else
+    read from a JSON error body, else a note with the final status."""
     if status < 400:
         return None
+    if error is not None:
+        return {
+            "message": redact(error.message)[:500],
+            "type": error.type,
+            "code": error.code,
+        }
     body = getattr(response, "body", None)
     if isinstance(body, bytes | bytearray) and body:
         try:

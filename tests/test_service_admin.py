@@ -235,3 +235,33 @@ async def test_the_admin_page_is_off_without_an_admin_key(tmp_path):
         )
         assert resp.status_code == 404
         assert_valid("openai.error", resp.json())
+
+
+async def test_a_stream_that_fails_after_its_first_chunk_lists_its_error(tmp_path):
+    from fixtures.fake_kimi import Fault, Scenario
+
+    cut = Scenario.of(Fault(kind="cut", match="completion", after_bytes=400))
+    async with (
+        FakeKimi(dialect_routes="legacy", scenario=cut) as fake,
+        running_proxy(
+            fake.base_url, tmp_path, kimi_dialect="legacy", kimi_config=write_config(tmp_path)
+        ) as proxy,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        client = Client(http, proxy.url)
+        words = " ".join(f"word{i}" for i in range(40))
+        body = {"model": "kimi", "stream": True, "messages": [{"role": "user", "content": words}]}
+        resp = await client.request(
+            "POST",
+            "/v1/chat/completions",
+            json=body,
+            headers={"authorization": f"Bearer {TEAM_KEY}"},
+        )
+        assert resp.status_code == 200  # the stream had started
+        assert '"error"' in resp.text
+        failures = (await client.admin("GET", "/overview")).json()["failures"]
+        assert len(failures) == 1
+        assert failures[0]["status"] == 502
+        assert failures[0]["key_label"] == "team"
+        assert failures[0]["error"]["code"] == "upstream_disconnected"
+        assert "broke mid-answer" in failures[0]["error"]["message"]

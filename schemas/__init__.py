@@ -20,11 +20,12 @@ __all__ = ["SCHEMA_NAMES", "load_schema", "schema_errors", "validator"]
 
 #: name → file, relative to this package
 SCHEMA_NAMES: dict[str, str] = {
-    "openai.request": "openai/chat-completion-request.json",
-    "openai.response": "openai/chat-completion.json",
-    "openai.chunk": "openai/chat-completion-chunk.json",
-    "openai.error": "openai/error.json",
-    "openai.models": "openai/model-list.json",
+    "openai.request": "openai/CreateChatCompletionRequest.json",
+    "openai.request.accepted": "openai/accepted-chat-request.json",
+    "openai.response": "openai/CreateChatCompletionResponse.json",
+    "openai.chunk": "openai/CreateChatCompletionStreamResponse.json",
+    "openai.error": "openai/ErrorResponse.json",
+    "openai.models": "openai/ListModelsResponse.json",
     "openai.model": "openai/Model.json",
     "openai.responses.request": "openai/CreateResponse.json",
     "openai.responses.response": "openai/Response.json",

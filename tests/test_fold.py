@@ -41,7 +41,6 @@ def test_fold_plain():
         "object": "chat.completion",
         "created": 7,
         "model": "kimi",
-        "system_fingerprint": None,
         "choices": [
             {
                 "index": 0,

@@ -1,14 +1,21 @@
-"""Properties of the request side, driven by schemas/openai/chat-completion-request.json.
+"""Properties of the request side, driven by the official schema and by our own.
 
-1. The hand validator and the schema agree: a schema-valid request is accepted, or refused on
-   purpose for what Kimi cannot do (code "unsupported_value"); a mutated request is refused by
-   the validator exactly when the schema refuses it (again up to those refusals).
-2. `plan_chat` is total: a ChatPlan or a LocalProtocolError, never another exception.
-3. The completion body built from any plan validates against schemas/kimi/completion-request.json.
+1. Every request the official schema (schemas/openai/CreateChatCompletionRequest.json) allows is
+   accepted by the hand validator, or refused on purpose: for what Kimi cannot do (code
+   "unsupported_value"), or where we are stricter than the schema (STRICTER, each listed in
+   schemas/openai/README.md). Generated from `projection` of the official schema, validated
+   against the whole of it.
+2. The hand validator and its contract, schemas/openai/accepted-chat-request.json, agree exactly
+   on mutated requests: refused by the validator exactly when that schema refuses them (again up
+   to the "unsupported_value" refusals).
+3. `plan_chat` is total: a ChatPlan or a LocalProtocolError, never another exception.
+4. The completion body built from any plan validates against schemas/kimi/completion-request.json.
 """
 
 from __future__ import annotations
 
+import copy
+import re
 from typing import Any
 
 import hypothesis.internal.conjecture.utils as _cu
@@ -24,7 +31,7 @@ from translator._errors import LocalProtocolError
 from translator._legacy_calls import UploadedFile, completion_call, continuation_call
 from translator._plan import ChatPlan, InlineFile
 from translator._request import plan_chat
-from translator._validate import validate_request
+from translator._validate import _FIELDS, validate_request
 
 
 # hypothesis-jsonschema 0.23.1 drives Hypothesis's private `many` with `.more()`, which Hypothesis
@@ -54,7 +61,116 @@ class _CompatUtils:
 if not hasattr(_cu.many, "more"):
     _hjs.cu = _CompatUtils()  # type: ignore[attr-defined,assignment]
 
-REQUESTS = from_schema(load_schema("openai.request"))
+
+
+def projection(schema: dict[str, Any], keep: set[str]) -> dict[str, Any]:
+    """`schema` (the derived request schema) with only the top-level properties in `keep`.
+
+    Hypothesis generates from this trimmed projection, and every generated request is then
+    validated against the FULL official schema. Trimmed: the request fields our validator does
+    not read (audio, prediction, web_search_options, prompt_cache_*, ...: it ignores them, so they
+    cannot disagree) and the $defs only they reach. The top-level `allOf` of object schemas
+    becomes one object (a property several parts define gets the `allOf` of their definitions):
+    hypothesis-jsonschema cannot merge it once and would re-merge it on every draw. Objects are
+    closed (`additionalProperties: false` where the spec leaves them open) and lose the
+    `prompt_cache_breakpoint` we do not read: the projection generates fewer shapes, all still
+    valid, several times faster (unknown fields are the mutation test's job). And a
+    `oneOf` whose branches cannot both match (they differ in JSON type or in a required `type` /
+    `role` value) becomes the equivalent `anyOf`, which hypothesis-jsonschema generates many times
+    faster (for a `oneOf` it filters every draw against the other branches). The request schema
+    has no recursion to cut (FunctionParameters is an open object).
+    """
+    out = copy.deepcopy(schema)
+    defs = out["$defs"]
+    top = _flattened(defs, out.pop("$ref"))
+    top["properties"] = {k: v for k, v in top["properties"].items() if k in keep}
+    out["$ref"] = "#/$defs/(projection)"
+    defs["(projection)"] = top
+    _disjoint_one_of_as_any_of(out, defs)
+    _closed(out)
+    reached: set[str] = set()
+    todo = [out["$ref"]]
+    while todo:
+        name = todo.pop().removeprefix("#/$defs/")
+        if name not in reached:
+            reached.add(name)
+            todo += _refs(defs[name])
+    out["$defs"] = {name: defs[name] for name in defs if name in reached}
+    return out
+
+
+def _flattened(defs: dict[str, Any], ref: str) -> dict[str, Any]:
+    """The object schema `ref` (an `allOf` of object schemas and $refs to them) as one object."""
+    node = defs[ref.removeprefix("#/$defs/")]
+    parts = [_flattened(defs, p["$ref"]) if "$ref" in p else p for p in node.get("allOf", [node])]
+    assert all(set(part) <= {"type", "properties", "required"} for part in parts), parts
+    properties: dict[str, list[Any]] = {}
+    for part in parts:
+        for name, prop in part.get("properties", {}).items():
+            if prop not in properties.setdefault(name, []):
+                properties[name].append(prop)
+    return {
+        "type": "object",
+        "properties": {k: v[0] if len(v) == 1 else {"allOf": v} for k, v in properties.items()},
+        "required": sorted({name for part in parts for name in part.get("required", ())}),
+    }
+
+
+def _closed(node: Any) -> None:
+    if isinstance(node, list):
+        for value in node:
+            _closed(value)
+    elif isinstance(node, dict):
+        if "properties" in node:
+            node.setdefault("additionalProperties", False)
+            node["properties"].pop("prompt_cache_breakpoint", None)
+        for value in node.values():
+            _closed(value)
+
+
+def _disjoint_one_of_as_any_of(node: Any, defs: dict[str, Any]) -> None:
+    if isinstance(node, list):
+        for value in node:
+            _disjoint_one_of_as_any_of(value, defs)
+    elif isinstance(node, dict):
+        for value in node.values():
+            _disjoint_one_of_as_any_of(value, defs)
+        branches = node.get("oneOf")
+        if branches and all(
+            _disjoint(a, b, defs) for i, a in enumerate(branches) for b in branches[i + 1 :]
+        ):
+            node["anyOf"] = node.pop("oneOf")
+
+
+def _disjoint(a: dict[str, Any], b: dict[str, Any], defs: dict[str, Any]) -> bool:
+    """True when no instance can match both `a` and `b`."""
+    a, b = (defs[s["$ref"].removeprefix("#/$defs/")] if "$ref" in s else s for s in (a, b))
+    types_a, types_b = ({s["type"]} if isinstance(s.get("type"), str) else None for s in (a, b))
+    if types_a and types_b and not types_a & types_b:
+        return True
+    tags_a, tags_b = (
+        {
+            name: set(prop["enum"])
+            for name, prop in s.get("properties", {}).items()
+            if name in s.get("required", ()) and "enum" in prop
+        }
+        for s in (a, b)
+    )
+    return any(not tags_a[name] & tags_b[name] for name in tags_a.keys() & tags_b.keys())
+
+
+def _refs(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        return [node["$ref"]] if "$ref" in node else [r for v in node.values() for r in _refs(v)]
+    if isinstance(node, list):
+        return [r for v in node for r in _refs(v)]
+    return []
+
+
+#: the top-level fields the hand validator reads (translator/_validate.py)
+READ = {"model", "messages", *_FIELDS}
+REQUESTS = from_schema(projection(load_schema("openai.request"), READ))
+ACCEPTED = from_schema(load_schema("openai.request.accepted"))
 CONV = "cq1p2n3d4e5f6g7h8i9j"
 SEMANTIC = "unsupported_value"
 
@@ -81,9 +197,8 @@ def without_nulls(node: Any, key: str = "") -> Any:
 def schema_verdict(request: Any) -> bool:
     """True when the schema accepts `request` as OpenAI reads it: nulls as absent, and the
     token limits at least 1 (OpenAI checks that beyond its schema)."""
-    return not schema_errors("openai.request", without_nulls(request)) and not below_minimum(
-        request
-    )
+    accepted = not schema_errors("openai.request.accepted", without_nulls(request))
+    return accepted and not below_minimum(request)
 
 
 def below_minimum(request: Any) -> bool:
@@ -94,12 +209,32 @@ def below_minimum(request: Any) -> bool:
     return any(isinstance(v, int | float) and not isinstance(v, bool) and v < 1 for v in values)
 
 
+#: the verdict for a refusal where we are stricter than the official schema on purpose (each is
+#: listed in schemas/openai/README.md)
+STRICTER = "stricter_than_the_spec"
+
+
+def _stricter(request: Any, error: LocalProtocolError) -> bool:
+    param = re.sub(r"\[\d+\]", "[]", error.param or "")
+    if (param, error.code) == ("model", "invalid_value"):
+        return request.get("model") == ""  # an empty model name (OpenAI's server refuses it too)
+    return error.code == "missing_required_field" and param in {
+        # a file part with neither file_data nor file_id (the spec's File object requires none)
+        "messages[].content[].file.file_data",
+        # custom tools (`type: "custom"`) and the `allowed_tools` tool_choice: not supported yet,
+        # refused as if `function` were missing
+        "tools[].function",
+        "messages[].tool_calls[].function",
+        "tool_choice.function",
+    }
+
+
 def hand_verdict(request: Any) -> str | None:
-    """None when the hand validator accepts, else the error code."""
+    """None when the hand validator accepts, else the error code (or STRICTER)."""
     try:
         validate_request(request)
     except LocalProtocolError as error:
-        return error.code or "?"
+        return STRICTER if _stricter(request, error) else error.code or "?"
     return None
 
 
@@ -134,7 +269,7 @@ def test_schema_valid_requests_are_accepted_or_refused_on_purpose(request):
     if below_minimum(request):
         assert verdict == "invalid_value"
     else:
-        assert verdict in (None, SEMANTIC), verdict
+        assert verdict in (None, SEMANTIC, STRICTER), verdict
     check_plan(request)
 
 
@@ -201,7 +336,7 @@ def mutate(draw, node):
 
 @st.composite
 def mutated_requests(draw):
-    base = draw(st.sampled_from(VALID) | REQUESTS)
+    base = draw(st.sampled_from(VALID) | ACCEPTED)
     return mutate(draw, base)
 
 

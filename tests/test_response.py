@@ -92,7 +92,6 @@ def test_first_chunk_is_the_role_then_content_then_finish():
             "object": "chat.completion.chunk",
             "created": 100,
             "model": "kimi",
-            "system_fingerprint": None,
             "choices": [
                 {
                     "index": 0,
@@ -107,7 +106,6 @@ def test_first_chunk_is_the_role_then_content_then_finish():
             "object": "chat.completion.chunk",
             "created": 100,
             "model": "kimi",
-            "system_fingerprint": None,
             "choices": [
                 {"index": 0, "delta": {"content": "Hi"}, "logprobs": None, "finish_reason": None}
             ],
@@ -131,6 +129,14 @@ def test_usage_null_on_every_chunk_then_a_usage_chunk():
 def test_system_fingerprint_is_copied():
     t = make([TextDelta(text="x")], system_fingerprint="fp_1")
     assert {c["system_fingerprint"] for c in t.feed(b".")} == {"fp_1"}
+
+
+def test_without_a_system_fingerprint_the_field_is_omitted_not_null():
+    # the official spec types system_fingerprint as a string: null would fail typed clients
+    t = make([TextDelta(text="x")], [Finished()], include_usage=True)
+    chunks = valid(t.feed(b".") + t.feed(b".") + t.close())
+    assert chunks
+    assert all("system_fingerprint" not in c for c in chunks)
 
 
 def test_deltas_of_one_kind_merge_within_a_feed_only():

@@ -496,13 +496,16 @@ class Assembler:
         self._out.append(self._chunk({"role": "assistant", "content": ""}, None))
 
     def _envelope(self) -> dict[str, Any]:
-        return {
+        envelope: dict[str, Any] = {
             "id": self._chunk_id,
             "object": "chat.completion.chunk",
             "created": self._created,
             "model": self._model,
-            "system_fingerprint": self._fingerprint,
         }
+        if self._fingerprint is not None:
+            # The spec types it as a string: without one the field is omitted, never null.
+            envelope["system_fingerprint"] = self._fingerprint
+        return envelope
 
     def _chunk(self, delta: dict[str, Any], finish_reason: str | None) -> dict[str, Any]:
         chunk = self._envelope()

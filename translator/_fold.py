@@ -73,12 +73,11 @@ def fold_completion(chunks: Iterable[Mapping[str, Any]], *, prompt_text: str) ->
         message["tool_calls"] = tool_calls
     if thought:
         message["reasoning_content"] = thought
-    return {
+    completion: dict[str, Any] = {
         "id": first["id"],
         "object": "chat.completion",
         "created": first["created"],
         "model": first["model"],
-        "system_fingerprint": first.get("system_fingerprint"),
         "choices": [
             {"index": 0, "message": message, "logprobs": None, "finish_reason": finish_reason}
         ],
@@ -90,3 +89,6 @@ def fold_completion(chunks: Iterable[Mapping[str, Any]], *, prompt_text: str) ->
             + "".join(c["function"]["arguments"] for c in tool_calls),
         ),
     }
+    if "system_fingerprint" in first:  # a string or absent (the spec does not allow null)
+        completion["system_fingerprint"] = first["system_fingerprint"]
+    return completion

@@ -1,6 +1,6 @@
 """Hand validation of an OpenAI `CreateChatCompletionRequest` (already-parsed JSON).
 
-The rules are those of schemas/openai/chat-completion-request.json, written as small checkers
+The rules are those of schemas/openai/accepted-chat-request.json, written as small checkers
 composed the way the schema composes them, so a failure can name the exact field in OpenAI's
 `param` style (`messages[2].content[0].type`). A property test runs both on generated and mutated
 requests and asserts they agree. We validate by hand, not with jsonschema, because the translator

@@ -62,7 +62,6 @@ if not hasattr(_cu.many, "more"):
     _hjs.cu = _CompatUtils()  # type: ignore[attr-defined,assignment]
 
 
-
 def projection(schema: dict[str, Any], keep: set[str]) -> dict[str, Any]:
     """`schema` (the derived request schema) with only the top-level properties in `keep`.
 

@@ -546,3 +546,18 @@ def test_accepted_requests_plan_or_refuse_with_a_responses_param(items, instruct
     except LocalProtocolError as err:
         renamed = result.rename(err)
         assert renamed.param is None or not renamed.param.startswith("messages")
+
+
+def test_the_echo_fills_in_the_function_tool_fields_the_spec_requires():
+    # the official Response object requires a function tool's `strict` and `parameters`
+    result = plan_responses(
+        {
+            "model": "kimi",
+            "input": "x",
+            "tools": [{"type": "web_search"}, {"type": "function", "name": "f"}],
+        }
+    )
+    assert result.echo["tools"] == [
+        {"type": "web_search"},
+        {"type": "function", "name": "f", "strict": None, "parameters": None},
+    ]

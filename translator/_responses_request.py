@@ -510,6 +510,14 @@ def _chat_tool(tool: Mapping[str, Any]) -> dict[str, Any]:
     return {"type": "function", "function": function}
 
 
+def _echo_tool(tool: Mapping[str, Any]) -> dict[str, Any]:
+    """A tool as the Response object repeats it: the spec requires a function tool's `strict`
+    and `parameters` there (null when the request left them out)."""
+    if tool["type"] != "function":
+        return dict(tool)
+    return {**tool, "strict": tool.get("strict"), "parameters": tool.get("parameters")}
+
+
 def _echo(request: Mapping[str, Any], continues: str | None) -> dict[str, Any]:
     """The request fields a Response object repeats, with OpenAI's defaults."""
     reasoning = request.get("reasoning") or {}
@@ -517,7 +525,7 @@ def _echo(request: Mapping[str, Any], continues: str | None) -> dict[str, Any]:
     echo: dict[str, Any] = {
         "model": request["model"],
         "instructions": request.get("instructions"),
-        "tools": list(request.get("tools") or ()),
+        "tools": [_echo_tool(tool) for tool in request.get("tools") or ()],
         "tool_choice": request.get("tool_choice", "auto"),
         "parallel_tool_calls": request.get("parallel_tool_calls") is not False,
         "text": {"format": text.get("format") or {"type": "text"}},

@@ -33,11 +33,11 @@ def request(**fields: Any) -> dict[str, Any]:
 
 
 def chat_of(body: dict[str, Any], **kw: Any) -> dict[str, Any]:
-    """Translate a schema-valid request; the result must be a valid OpenAI request that the
-    chat pipeline plans."""
+    """Translate a schema-valid request; the result must be a chat request our chat pipeline
+    accepts (accepted-chat-request.json: it may use our `file_url` part) and plans."""
     assert_valid("anthropic.count_tokens_request" if kw else "anthropic.request", body)
     chat = translate_messages(body, **kw).chat
-    assert_valid("openai.request", chat)
+    assert_valid("openai.request.accepted", chat)
     plan_chat(chat)
     return chat
 

@@ -325,7 +325,7 @@ class Assembler:
             and not self._shape_end()
         ):
             return
-        if self._finish == "stop" and not self._content and not self._reasoning:
+        if self._finish == "stop" and not self._content and not self._reasoning and not self.cut:
             # A finished answer with no text at all: Kimi's throttling looks like this on the
             # Connect dialect (an empty `done`). Transient (503), so another account may try.
             raise self.fail(

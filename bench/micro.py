@@ -3,7 +3,10 @@
 Kimi events → OpenAI SSE bytes per second (ResponseTranslator(LegacyDecoder()) + encode_sse per
 chunk, and the same bytes from `feed_sse`/`close_sse`),
 the same for the non-stream fold (fold_completion of those chunks), and the Connect decoder
-path. Each workload is timed against baselines from the same run: json.loads of the same event
+path. The "with tools" rows stream the same prose followed by one tool call (split into 4-character
+deltas) with tools declared, so every text delta goes through the tool-call parser;
+`tools_vs_plain` is their cost per event over the plain `feed_sse` row (docs/tools.md: at most
+1.5). Each workload is timed against baselines from the same run: json.loads of the same event
 payloads (the floor for anything that parses JSON) and the WHATWG SSE decoder alone. Bodies are
 fed one network read per event, as a server that flushes per event delivers them. CPU time
 (time.process_time), best of --repeat runs.
@@ -20,6 +23,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from translator import plan_chat
+from translator._answer_shaper import AnswerShaper
 from translator._connect_frames import encode_envelope
 from translator._connect_stream import ConnectDecoder
 from translator._fold import fold_completion
@@ -31,6 +36,27 @@ __all__ = ["connect_body", "legacy_body", "main", "run_micro"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 _TEXT = "The quick brown fox jumps over the lazy dog. 敏捷的棕色狐狸跳过了懒狗。 "
+_CALL = '\n<tool_call name="get_weather">\n{"city": "Paris"}\n</tool_call>'
+_CALL_DELTAS = [_CALL[i : i + 4] for i in range(0, len(_CALL), 4)]
+_TOOLS_PLAN = plan_chat(
+    {
+        "model": "kimi",
+        "messages": [{"role": "user", "content": "hi"}],
+        "tools": [
+            {
+                "type": "function",
+                "function": {
+                    "name": "get_weather",
+                    "parameters": {
+                        "type": "object",
+                        "properties": {"city": {"type": "string"}},
+                        "required": ["city"],
+                    },
+                },
+            }
+        ],
+    }
+)
 
 
 def _deltas(count: int, seed: int = 7) -> list[str]:
@@ -47,19 +73,22 @@ def _sse(obj: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(obj, ensure_ascii=False).encode() + b"\n\n"
 
 
-def legacy_body(count: int) -> list[bytes]:
-    """A legacy completion body as network reads: one event each (count text events)."""
+def legacy_body(count: int, tail: list[str] | None = None) -> list[bytes]:
+    """A legacy completion body as network reads: one event each (count text events, then the
+    `tail` deltas)."""
     reads = [
         _sse({"event": "req", "id": "cr0seg0000000000001", "group_id": "grp1"}),
         _sse({"event": "resp", "id": "cr0rsp0000000000001", "group_id": "grp1"}),
     ]
-    reads += [_sse({"event": "cmpl", "text": t, "view": "cmpl"}) for t in _deltas(count)]
+    deltas = _deltas(count) + (tail or [])
+    reads += [_sse({"event": "cmpl", "text": t, "view": "cmpl"}) for t in deltas]
     reads += [_sse({"event": "all_done"})]
     return reads
 
 
-def connect_body(count: int) -> list[bytes]:
-    """A Connect chat body as network reads: one envelope each (count text appends)."""
+def connect_body(count: int, tail: list[str] | None = None) -> list[bytes]:
+    """A Connect chat body as network reads: one envelope each (count text appends, then the
+    `tail` deltas)."""
     block = {"id": "1", "text": {"content": ""}}
     msgs: list[dict[str, Any]] = [
         {"chat": {"id": "d3kimichat0001", "name": "New chat"}},
@@ -72,7 +101,7 @@ def connect_body(count: int) -> list[bytes]:
     ]
     msgs += [
         {"op": "append", "mask": "block.text.content", "block": {"id": "1", "text": {"content": t}}}
-        for t in _deltas(count)
+        for t in _deltas(count) + (tail or [])
     ]
     msgs += [
         {
@@ -85,9 +114,14 @@ def connect_body(count: int) -> list[bytes]:
     return [encode_envelope(m) for m in msgs] + [encode_envelope(b"{}", end_stream=True)]
 
 
-def _translator(decoder: Any) -> ResponseTranslator:
+def _translator(decoder: Any, shaper: AnswerShaper | None = None) -> ResponseTranslator:
     return ResponseTranslator(
-        decoder, completion_id="cs0bench", model="kimi", created=1764000000, prompt_text="hi"
+        decoder,
+        completion_id="cs0bench",
+        model="kimi",
+        created=1764000000,
+        prompt_text="hi",
+        shaper=shaper,
     )
 
 
@@ -101,9 +135,10 @@ def _stream(reads: list[bytes], decoder: Callable[[], Any]) -> int:
     return out
 
 
-def _stream_sse(reads: list[bytes], decoder: Callable[[], Any]) -> int:
-    """The same bytes as `_stream`, through `feed_sse` / `close_sse` (no chunk dicts)."""
-    translator = _translator(decoder())
+def _stream_sse(reads: list[bytes], decoder: Callable[[], Any], tools: bool = False) -> int:
+    """The same bytes as `_stream`, through `feed_sse` / `close_sse` (no chunk dicts); with
+    `tools`, through the tool-call parser of a plan that declares one tool."""
+    translator = _translator(decoder(), AnswerShaper.for_plan(_TOOLS_PLAN) if tools else None)
     out = 0
     for data in reads:
         out += len(translator.feed_sse(data))
@@ -155,6 +190,8 @@ def _time(fn: Callable[[], int], repeat: int, min_seconds: float) -> tuple[float
 def run_micro(events: int = 2000, repeat: int = 3, min_seconds: float = 0.3) -> dict[str, Any]:
     legacy = legacy_body(events)
     connect = connect_body(events)
+    legacy_tools = legacy_body(events, _CALL_DELTAS)
+    connect_tools = connect_body(events, _CALL_DELTAS)
     legacy_payloads = [r[6:-2] for r in legacy]
     connect_payloads = [r[5:] for r in connect]
     legacy_in = sum(map(len, legacy))
@@ -181,6 +218,11 @@ def run_micro(events: int = 2000, repeat: int = 3, min_seconds: float = 0.3) -> 
             len(legacy),
             legacy_in,
         ),
+        "legacy: stream (feed_sse, with tools)": (
+            lambda: _stream_sse(legacy_tools, LegacyDecoder, tools=True),
+            len(legacy_tools),
+            sum(map(len, legacy_tools)),
+        ),
         "legacy: non-stream (translate + fold)": (
             lambda: _fold(legacy, LegacyDecoder),
             len(legacy),
@@ -206,6 +248,11 @@ def run_micro(events: int = 2000, repeat: int = 3, min_seconds: float = 0.3) -> 
             len(connect),
             connect_in,
         ),
+        "connect: stream (feed_sse, with tools)": (
+            lambda: _stream_sse(connect_tools, ConnectDecoder, tools=True),
+            len(connect_tools),
+            sum(map(len, connect_tools)),
+        ),
         "connect: non-stream (translate + fold)": (
             lambda: _fold(connect, ConnectDecoder),
             len(connect),
@@ -226,6 +273,9 @@ def run_micro(events: int = 2000, repeat: int = 3, min_seconds: float = 0.3) -> 
         for name, row in rows.items():
             if name.startswith(dialect):
                 row["cost_vs_json_loads"] = round(row["us_per_event"] / base["us_per_event"], 2)
+        plain = rows[f"{dialect}: stream (feed_sse)"]["us_per_event"]
+        tools = rows[f"{dialect}: stream (feed_sse, with tools)"]
+        tools["tools_vs_plain"] = round(tools["us_per_event"] / plain, 2)
     return {
         "events_per_body": events,
         "python": sys.version.split()[0],
@@ -250,6 +300,10 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {'–' if out is None else f'{out:.2f}'} | {row['us_per_event']:.2f} "
             f"| {row['cost_vs_json_loads']:.2f} |"
         )
+    lines.append("")
+    for name, row in result["results"].items():
+        if "tools_vs_plain" in row:
+            lines.append(f"{name}: {row['tools_vs_plain']:.2f} × the plain feed_sse per event")
     return "\n".join(lines) + "\n"
 
 

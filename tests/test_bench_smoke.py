@@ -100,7 +100,8 @@ def test_micro_bodies_translate_to_valid_chunks():
 
     result = run_micro(events=40, repeat=1, min_seconds=0.001)
     rows = result["results"]
-    assert len(rows) == 11
+    assert len(rows) == 13
+    assert rows["legacy: stream (feed_sse, with tools)"]["tools_vs_plain"] > 0
     for name, row in rows.items():
         assert row["events_per_s"] > 0
         assert row["input_mb_per_s"] > 0

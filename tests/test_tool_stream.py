@@ -548,3 +548,30 @@ def test_json_after_search_citations_is_set_apart():
     )
     result = run(request(tools=None, response_format={"type": "json_object"}), [body])
     assert result.content == '1. [T](https://e.x/1)\n\n{"a": 1}'
+
+
+def test_the_shaped_assembler_counts_and_refuses_like_the_plain_one():
+    from translator._assembler import ShapedAssembler, State
+    from translator._errors import RemoteProtocolError
+    from translator._upstream import Noise, ReasoningDelta, TextDelta, Unknown
+
+    asm = ShapedAssembler(
+        completion_id="c",
+        fallback_id="f",
+        model="kimi",
+        created=1,
+        silent=False,
+        include_usage=False,
+        prompt_text="",
+        max_continuations=0,
+        system_fingerprint=None,
+        shaper=AnswerShaper.for_plan(plan_chat(request())),
+    )
+    asm.handle(Noise(kind="ping"))
+    asm.handle(Unknown(kind="zz"))
+    assert asm.event_counts == {"Noise:ping": 1, "Unknown:zz": 1}
+    asm.handle(ReasoningDelta(text=""))  # nothing to write
+    assert asm.drain_parts() == []
+    asm.state = State.CLOSED
+    with pytest.raises(RemoteProtocolError, match="unexpected TextDelta in state CLOSED"):
+        asm.handle(TextDelta(text="x"))

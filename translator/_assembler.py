@@ -73,7 +73,7 @@ from ._upstream import (
 )
 from ._usage import usage_for
 
-__all__ = ["Assembler", "State"]
+__all__ = ["Assembler", "ShapedAssembler", "State"]
 
 
 class State(enum.Enum):
@@ -251,10 +251,25 @@ class Assembler:
             action(self, ev)
 
     def _on_reasoning(self, ev: ReasoningDelta) -> None:
-        text = ev.text
-        if self._shaper is not None:
-            text = self._shaper.reasoning(text)
-            self._check_cut()
+        if ev.text:
+            self._delta("reasoning_content", ev.text)
+            self._reasoning.append(ev.text)
+
+    # With a shaper, text and reasoning go through it first (`ShapedAssembler` uses these).
+
+    def _on_shaped_text(self, ev: TextDelta) -> None:
+        shaper = self._shaper
+        assert shaper is not None
+        text = shaper.text(ev.text)
+        self._check_cut()
+        if text:
+            self._text(text)
+
+    def _on_shaped_reasoning(self, ev: ReasoningDelta) -> None:
+        shaper = self._shaper
+        assert shaper is not None
+        text = shaper.reasoning(ev.text)
+        self._check_cut()
         if text:
             self._delta("reasoning_content", text)
             self._reasoning.append(text)
@@ -400,9 +415,6 @@ class Assembler:
 
     def _on_text(self, ev: TextDelta) -> None:
         text = ev.text
-        if self._shaper is not None:
-            text = self._shaper.text(text)
-            self._check_cut()
         if not text:
             return
         if not self._wrote_text and self._header_citations:
@@ -411,7 +423,7 @@ class Assembler:
         self._write(text)
 
     def _text(self, text: str) -> None:
-        """`_on_text` for text the shaper released at the end of a body."""
+        """`_on_text` for text the shaper released."""
         if not self._wrote_text and self._header_citations:
             text = "\n" + text  # a blank line between the citation list and the answer
         self._wrote_text = True
@@ -530,6 +542,36 @@ _ACTIONS: Final[dict[type[UpstreamEvent], Callable[[Assembler, Any], None]]] = {
     Finished: Assembler._on_finished,
     UpstreamFailure: Assembler._on_failure,
 }
+_SHAPED_ACTIONS: Final[dict[type[UpstreamEvent], Callable[[Assembler, Any], None]]] = {
+    **_ACTIONS,
+    TextDelta: Assembler._on_shaped_text,
+    ReasoningDelta: Assembler._on_shaped_reasoning,
+}
+
+
+class ShapedAssembler(Assembler):
+    """An `Assembler` whose text and reasoning go through its `AnswerShaper` first. A subclass,
+    so the plain answer's per-event path stays exactly what it is without one."""
+
+    def handle(self, ev: UpstreamEvent) -> None:
+        if isinstance(ev, Noise):
+            self.count(f"Noise:{ev.kind}")
+        elif isinstance(ev, Unknown):
+            self.count(f"Unknown:{ev.kind}")
+        else:
+            self.count(type(ev).__name__)
+        target = _NEXT[self.state].get(type(ev))
+        if target is None:
+            raise self.fail(
+                RemoteProtocolError(
+                    f"Kimi sent an unexpected {type(ev).__name__} in state {self.state.name}",
+                    code="upstream_protocol_error",
+                )
+            )
+        self.state = target
+        action = _SHAPED_ACTIONS.get(type(ev))
+        if action is not None:
+            action(self, ev)
 
 
 def _md_label(text: str) -> str:

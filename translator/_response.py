@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any, Final
 
 from ._answer_shaper import AnswerShaper
-from ._assembler import Assembler, State
+from ._assembler import Assembler, ShapedAssembler, State
 from ._errors import RemoteProtocolError, TranslatorError
 from ._sse import encode_sse
 from ._upstream import StreamDecoder, UpstreamEvent
@@ -76,8 +76,9 @@ class ResponseTranslator:
             digest = hashlib.sha256(f"{model}\0{created}\0{prompt_text}".encode()).hexdigest()
             fallback_id = "chatcmpl-" + digest[:29]
         self._decoder = decoder
+        self._shaped = shaper is not None
         self._templates: dict[str, tuple[str, ...]] = {}
-        self._asm = Assembler(
+        self._asm = (Assembler if shaper is None else ShapedAssembler)(
             completion_id=completion_id,
             fallback_id=fallback_id,
             model=model,
@@ -285,10 +286,14 @@ class ResponseTranslator:
     def _apply(self, events: list[UpstreamEvent]) -> list[_Part]:
         asm = self._asm
         try:
-            for ev in events:
-                asm.handle(ev)
-                if asm.state is State.ENDED and asm.cut:
-                    break  # the rest of this read is past the cut
+            if self._shaped:
+                for ev in events:
+                    asm.handle(ev)
+                    if asm.cut:
+                        break  # the rest of this read is past the cut
+            else:
+                for ev in events:
+                    asm.handle(ev)
         except RemoteProtocolError:
             # Chunks already made go out first; `_check_open` raises the error next time.
             out = self._asm.drain_parts()

@@ -40,6 +40,7 @@ from ._anthropic_stream import (
 )
 from ._assembler import (
     Assembler,
+    ShapedAssembler,
     State,
 )
 from ._connect_calls import (
@@ -310,6 +311,7 @@ __all__ = [
     "SSEDecoder",
     "SearchResult",
     "ServerSentEvent",
+    "ShapedAssembler",
     "State",
     "StreamDecoder",
     "TextDelta",

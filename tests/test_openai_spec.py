@@ -7,14 +7,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
+from fixtures.golden import list_scenarios, load_scenario, replay
 from schemas import SCHEMA_NAMES, schema_errors
 from tests.openapi_check import assert_openapi_valid, openapi_errors, subset
+from translator._connect_stream import ConnectDecoder
+from translator._fold import fold_completion
+from translator._legacy_stream import LegacyDecoder
 
 ROOT = Path(__file__).parent.parent
 OPENAI = ROOT / "schemas" / "openai"
@@ -149,3 +154,30 @@ def test_responses_schemas_load_and_judge_an_event():
     assert openapi_errors("ResponseCreatedEvent", event) == []
     assert schema_errors("openai.responses.event", {**event, "sequence_number": None})
     assert openapi_errors("ResponseCreatedEvent", {**event, "sequence_number": None})
+
+
+# --- every golden exchange, through the translator ---------------------------------------------
+
+GOLDEN = [(d, name) for d in ("legacy", "connect") for name in list_scenarios(d)]
+
+
+@pytest.mark.parametrize(("dialect", "name"), GOLDEN)
+def test_every_golden_exchange_follows_the_spec(dialect, name):
+    """Every chunk, the folded completion and the error of each recorded exchange, checked
+    against openapi-subset.json itself (a wider sample than the e2e test can afford)."""
+    scenario = load_scenario(name, dialect)
+    # the Connect folders name no translator parameters: test_golden_connect's
+    defaults = {"completion_id": None, "model": "kimi-k2", "created": 1_700_000_000}
+    scenario = dataclasses.replace(scenario, meta={**defaults, "silent": True, **scenario.meta})
+    result = replay(scenario, LegacyDecoder if dialect == "legacy" else ConnectDecoder)
+    for chunk in result["chunks"]:
+        assert_openapi_valid("CreateChatCompletionStreamResponse", chunk)
+    finished = any(c["finish_reason"] for chunk in result["chunks"] for c in chunk["choices"])
+    if finished:
+        completion = fold_completion(result["chunks"], prompt_text="prompt")
+        assert_openapi_valid("CreateChatCompletionResponse", completion)
+    if result["raised"] is not None:
+        assert_openapi_valid("ErrorResponse", result["raised"].to_openai())
+    assert finished or result["raised"] is not None
+    if scenario.request is not None:
+        assert_openapi_valid("CreateChatCompletionRequest", scenario.request)

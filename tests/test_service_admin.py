@@ -114,6 +114,15 @@ async def test_log_in_with_the_admin_key_and_a_session_cookie(tmp_path):
         form_post = await with_cookie("POST", "/admin/api/keys", data={"label": "evil"})
         assert form_post.status_code == 415
 
+        # log-in attempts are limited per client address
+        statuses = [
+            (await client.request("POST", "/admin/login", data={"key": "sk-admin-guess-00000"}))
+            .status_code
+            for _ in range(10)
+        ]
+        assert statuses[-1] == 429, statuses
+        assert set(statuses) <= {401, 429}
+
         out = await with_cookie("POST", "/admin/logout")
         assert out.status_code == 303
         after = await with_cookie("GET", "/admin/api/overview")

@@ -196,3 +196,39 @@ async def test_a_changed_file_is_reloaded_and_a_bad_one_refused(tmp_path):
         await proxy.wait_for_output("config reloaded")
         assert (await chat(http, proxy.url, KEY_NEW)).status_code == 200
         assert (await chat(http, proxy.url, KEY_OLD)).status_code == 401
+
+
+async def test_live_options_apply_others_wait_for_a_restart_and_bad_values_are_refused(
+    tmp_path, caplog
+):
+    from tests.proxy_harness import running_proxy
+
+    caplog.set_level("INFO", logger="kimi_free_api")
+    path = tmp_path / "kimi.yaml"
+    write(path, config_text(KEY_OLD, poll=0))
+    async with (
+        FakeKimi(dialect_routes="legacy") as fake,
+        running_proxy(
+            fake.base_url, tmp_path, kimi_dialect="legacy", kimi_config=str(path)
+        ) as proxy,
+    ):
+        reloader = proxy.addon.reloader
+        pool = proxy.addon.runtime.pool
+        assert reloader is not None
+        assert pool.max_concurrency == 5
+        write(
+            path,
+            config_text(KEY_OLD, poll=0)
+            + "  max_account_concurrency: 2\n  account_cooldown: 7\n  conversation_ttl: 30\n",
+        )
+        assert reloader.reload_now()
+        assert pool.max_concurrency == 2
+        assert pool.cooldown == 7.0
+        assert "take effect after a restart: conversation_ttl" in caplog.text
+
+        write(path, config_text(KEY_OLD, poll=0) + "  max_account_concurrency: 0\n")
+        assert not reloader.reload_now()
+        assert "max_account_concurrency: must be a number >= 1" in caplog.text
+        assert pool.max_concurrency == 2  # the old config keeps running
+        assert reloader.applied == 1
+        assert reloader.refused == 1

@@ -4,7 +4,12 @@ dialects. Every chunk and body is validated against schemas/."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
 import json
+import re
+from pathlib import Path
 
 import httpx
 import openai
@@ -248,3 +253,30 @@ async def test_nulls_are_absent(fake, dialect, proxy):
     }
     result = await completion(proxy, body)
     assert result["choices"][0]["message"]["content"] == "Echo: hi"
+
+
+# --- the README's examples ----------------------------------------------------------------------
+
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+async def test_readme_examples_run(fake, dialect, proxy):
+    section = README.read_text(encoding="utf-8").split("### Tools, structured output", 1)[1]
+    section = section.split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    assert len(blocks) == 2
+    source = "\n".join(blocks).replace("http://127.0.0.1:8000", proxy.url)
+    source = source.replace("<your Kimi refresh_token>", TOKEN)
+    # the fake plays a model that calls the tool twice, then answers (docs/testing.md)
+    source = source.replace("in Paris?", "in Paris? [[scenario:chain]]")
+    output = io.StringIO()
+
+    def run() -> None:
+        with contextlib.redirect_stdout(output):
+            exec(compile(source, str(README), "exec"), {})
+
+    await asyncio.to_thread(run)
+    assert output.getvalue().splitlines() == [
+        "Done after 2 tool results; the last one said: Sunny in example",
+        "name='example' country='example' population=1",
+    ]

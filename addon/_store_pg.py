@@ -232,12 +232,13 @@ class PgStore(Store):
         advisory lock). Every PostgreSQL commit is durable, so `durable` needs nothing more."""
         with self._lock:
             db = self._pg
-            db.execute("BEGIN")
             try:
-                db.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+                # one round trip: BEGIN and the lock (no parameters: the simple query protocol)
+                db.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
                 yield db
             except BaseException:
-                db.execute("ROLLBACK")
+                with contextlib.suppress(Exception):  # a lost connection cannot roll back
+                    db.execute("ROLLBACK")
                 raise
             db.execute("COMMIT")
 

@@ -123,3 +123,41 @@ def test_due_deletions_are_claimed_once_across_connections(pg_url):
 def test_timestamps_keep_their_precision(store):
     account = store.account_for_token("rt-pg-time-1", now=1_795_946_432.125)
     assert store.get_account(account.id).view.created_at == 1_795_946_432.125
+
+
+def test_a_failed_write_transaction_leaves_nothing_and_the_store_goes_on(store):
+    account = store.account_for_token("rt-pg-rollback-1", now=1.0)
+
+    def fail_mid_transaction() -> None:
+        with store._write() as db:
+            db.execute("UPDATE accounts SET requests = 99 WHERE id = ?", (account.id,))
+            raise RuntimeError("the caller failed mid-transaction")
+
+    with pytest.raises(RuntimeError):
+        fail_mid_transaction()
+    assert store.get_account(account.id).view.requests == 0
+    store.count_request(account.id, now=2.0)
+    assert store.get_account(account.id).view.requests == 1
+
+
+def test_sql_translation():
+    from addon._store_pg import _translate
+
+    columns = (("pending_deletions", ("conversation_id", "account_id", "due_at", "claimed_by")),)
+    sql = _translate(
+        "INSERT OR REPLACE INTO pending_deletions (conversation_id, account_id, due_at)"
+        " VALUES (?, ?, ?)",
+        columns,
+    )
+    assert sql == (
+        "INSERT INTO pending_deletions (conversation_id, account_id, due_at) VALUES (%s, %s, %s)"
+        " ON CONFLICT (conversation_id) DO UPDATE SET account_id = EXCLUDED.account_id,"
+        " due_at = EXCLUDED.due_at, claimed_by = DEFAULT"
+    )
+    assert _translate("INSERT OR IGNORE INTO meta (key, value) VALUES ('salt', ?)", ()) == (
+        "INSERT INTO meta (key, value) VALUES ('salt', %s) ON CONFLICT DO NOTHING"
+    )
+    assert _translate("UPDATE a SET d = ? WHERE id = ? AND d IS NOT ?", ()).endswith(
+        "d IS DISTINCT FROM %s"
+    )
+    assert _translate("SELECT 1 WHERE id IN ()", ()) == "SELECT 1 WHERE id IN (NULL)"

@@ -204,8 +204,9 @@ class Runtime:
         await site.start()
         server = site._server
         assert server is not None
-        assert isinstance(server, asyncio.Server)
-        port = server.sockets[0].getsockname()[1]
+        # asyncio.Server or uvloop's Server (addon/_loop.py): both list their sockets
+        sockets = server.sockets  # type: ignore[attr-defined]
+        port = sockets[0].getsockname()[1]
         self.base_url = f"http://127.0.0.1:{port}"
         keeper.start()
         self.ready.set()

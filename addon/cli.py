@@ -114,6 +114,12 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
         "for `kimi-free-api replay` (RECORD_UPSTREAM; default off)",
     )
     p.add_argument(
+        "--workers",
+        default=_env("WORKERS", "1"),
+        help="proxy processes serving the port (SO_REUSEPORT; they share the store): a number, "
+        "or auto = one per core (WORKERS; default 1)",
+    )
+    p.add_argument(
         "--confdir",
         default=_env("MITMPROXY_CONFDIR", "~/.mitmproxy"),
         help="mitmproxy's directory for its CA (MITMPROXY_CONFDIR)",
@@ -246,9 +252,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_replay(args.paths, as_json=args.json, out=sys.stdout)
     from mitmproxy.exceptions import OptionsError
 
+    from ._loop import loop_factory
+    from ._workers import REUSE_PORT_ENV, parse_workers, run_workers
+
+    try:
+        workers = parse_workers(args.workers)
+    except ValueError as exc:
+        sys.stderr.write(f"kimi-free-api: --workers: {exc} (a number >= 1, or auto)\n")
+        return 2
+    if workers > 1:
+        if args.command == "demo":
+            sys.stderr.write("kimi-free-api: --workers applies to run, not demo\n")
+            return 2
+        if not args.port:
+            sys.stderr.write("kimi-free-api: --workers needs a fixed --port (not 0)\n")
+            return 2
+        return run_workers(argv, workers, confdir=args.confdir)
+    factory = loop_factory(reuse_port=os.environ.get(REUSE_PORT_ENV) == "1")
     try:
         with contextlib.suppress(KeyboardInterrupt):
-            asyncio.run(serve(args, demo=args.command == "demo"))
+            asyncio.run(serve(args, demo=args.command == "demo"), loop_factory=factory)
     except OptionsError as exc:
         # A bad config file or option: the message lists every problem; a traceback would
         # only bury it.

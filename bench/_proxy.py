@@ -28,6 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 class ProxyHandle(Protocol):
     url: str
     separate_process: bool
+    #: the event loop the proxy runs on ("uvloop" or "asyncio")
+    loop: str
 
     async def snap(self) -> dict[str, Any]: ...
 
@@ -37,6 +39,7 @@ class _InProcess:
     url: str
     log: RequestLog
     separate_process: bool = False
+    loop: str = "in-process"
 
     async def snap(self) -> dict[str, Any]:
         return snapshot(self.log)
@@ -47,6 +50,7 @@ class _Child:
     url: str
     proc: asyncio.subprocess.Process
     separate_process: bool = True
+    loop: str = ""
 
     async def _line(self) -> str:
         assert self.proc.stdout is not None
@@ -75,6 +79,7 @@ async def start_proxy(
     workdir: Path,
     options: dict[str, Any],
     profile: Path | None = None,
+    loop: str = "default",
 ) -> AsyncIterator[ProxyHandle]:
     if mode == "inprocess":
         from tests.proxy_harness import running_proxy
@@ -106,6 +111,8 @@ async def start_proxy(
         "--options",
         json.dumps(options),
         *(["--profile", str(profile)] if profile else []),
+        "--loop",
+        loop,
         cwd=str(ROOT),
         env=env,
         stdin=asyncio.subprocess.PIPE,
@@ -113,6 +120,7 @@ async def start_proxy(
     )
     child = _Child(url="", proc=proc)
     try:
+        child.loop = (await child._line()).removeprefix("LOOP ")
         ready = await child._line()
         if not ready.startswith("READY "):
             raise RuntimeError(f"unexpected answer from the proxy process: {ready!r}")

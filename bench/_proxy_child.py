@@ -14,9 +14,12 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import ssl
 import sys
 from pathlib import Path
+
+from addon._loop import LOOP_ENV, loop_factory, loop_name
 
 from ._probe import RequestLog, snapshot
 from ._stats import raise_fd_limit
@@ -56,17 +59,27 @@ def main() -> None:
     parser.add_argument("--dir", required=True)
     parser.add_argument("--options", default="{}", help="mitmproxy options as a JSON object")
     parser.add_argument("--profile", default="", help="write cProfile stats of the run here")
+    parser.add_argument(
+        "--loop",
+        choices=("default", "asyncio", "uvloop"),
+        default="default",
+        help="the event loop: the proxy's own choice (uvloop when installed), or forced",
+    )
     args = parser.parse_args()
     raise_fd_limit()
+    if args.loop != "default":
+        os.environ[LOOP_ENV] = args.loop
+    factory = loop_factory()
+    _say("LOOP " + loop_name())
     if not args.profile:
-        asyncio.run(serve(args))
+        asyncio.run(serve(args), loop_factory=factory)
         return
     import cProfile
 
     profiler = cProfile.Profile()
     profiler.enable()
     try:
-        asyncio.run(serve(args))
+        asyncio.run(serve(args), loop_factory=factory)
     finally:
         profiler.disable()
         profiler.dump_stats(args.profile)

@@ -66,10 +66,10 @@ def markdown(result: dict[str, Any]) -> str:
         f"{cfg['token_rate']:.0f} tokens/s; proxy {cfg['proxy_mode']}; "
         f"{result['machine']['cpus']} CPUs, {result['machine']['cpu_model']}.",
         "",
-        "| c | TTL s | client | n (ok) | TTFT p50 / p95 / p99 ms | TTFT p50 ×limit (+ms) "
+        "| c | TTL s | loop | client | n (ok) | TTFT p50 / p95 / p99 ms | TTFT p50 ×limit (+ms) "
         "| total p50 ms (×) | chunks/s (×) | upstream calls/compl. critical / all "
         "| CPU s/1k (×) | proxy CPU s/1k | peak RSS MB (×) | DELETEs/conv. (not 2xx, left) |",
-        "|---:|---:|---|---:|---|---|---|---|---|---|---|---|---|",
+        "|---:|---:|---|---|---:|---|---|---|---|---|---|---|---|---|",
     ]
     for level in result["levels"]:
         for kind in ("limit", "sdk", "raw"):
@@ -79,13 +79,20 @@ def markdown(result: dict[str, Any]) -> str:
             r = res.get("ratio_to_limit", {})
             t = res["ttft_ms"]
             over = res.get("ttft_p50_over_limit_ms")
-            ttft_ratio = "1" if kind == "limit" else f"{_cell(r.get('ttft_p50'))} (+{over:.1f})"
+            ttft_ratio = (
+                "1"
+                if kind == "limit"
+                else "–"
+                if over is None
+                else f"{_cell(r.get('ttft_p50'))} (+{over:.1f})"
+            )
 
             def x(key: str, r: dict[str, Any] = r) -> str:
                 return f" ({_cell(r.get(key))}×)" if key in r else ""
 
             lines.append(
-                f"| {level['concurrency']} | {_ttl(level.get('conversation_ttl'))} | {kind} "
+                f"| {level['concurrency']} | {_ttl(level.get('conversation_ttl'))} "
+                f"| {level.get('proxy_loop', '–')} | {kind} "
                 f"| {res['completions']} ({res['ok']}) "
                 f"| {t['p50']:.1f} / {t['p95']:.1f} / {t['p99']:.1f} | {ttft_ratio} "
                 f"| {res['total_ms']['p50']:.0f}{x('total_p50')} "

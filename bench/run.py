@@ -64,6 +64,9 @@ class BenchConfig:
     #: one whole run (fresh proxy and store) per value: 600 is the proxy's default, 0 deletes
     #: each conversation as its reply ends
     conversation_ttls: tuple[int, ...] = (600,)
+    #: one whole run per event loop of the proxy process ("default": what the proxy picks,
+    #: uvloop when installed; "asyncio" / "uvloop" force one): an A/B in one run
+    proxy_loops: tuple[str, ...] = ("default",)
 
 
 def machine() -> dict[str, Any]:
@@ -102,8 +105,8 @@ async def run_bench(cfg: BenchConfig, *, workdir: Path | None = None) -> dict[st
             "chunk_size": list(cfg.chunk_size),
             "prompt_chars": len(cfg.prompt),
             "proxy_mode": cfg.proxy_mode,
-            "accounts": "one refresh token per worker (bench-0 ... bench-<c-1>; bench-ttl<T>-<i> "
-            "in the run at a second TTL)",
+            "accounts": "one refresh token per worker (bench-0 ... bench-<c-1>; "
+            "bench-run<R>-<i> in the R-th further run)",
             "max_account_concurrency": cfg.max_account_concurrency,
             "precreate_conversations": cfg.precreate_conversations,
             "fd_limit": fd_limit,
@@ -113,6 +116,7 @@ async def run_bench(cfg: BenchConfig, *, workdir: Path | None = None) -> dict[st
         "notes": [],
     }
     result["config"]["conversation_ttls"] = list(cfg.conversation_ttls)
+    result["config"]["proxy_loops"] = list(cfg.proxy_loops)
     with tempfile.TemporaryDirectory(prefix="kimi-bench-") as tmp:
         root = Path(tempfile.mkdtemp(dir=workdir)) if workdir else Path(tmp)
         result["config"]["workdir_fs"] = _filesystem(root)
@@ -126,10 +130,12 @@ async def run_bench(cfg: BenchConfig, *, workdir: Path | None = None) -> dict[st
         await fake.start()
         try:
             left = 0
-            for ttl in cfg.conversation_ttls:
-                base = root / f"ttl-{ttl}"
+            runs = [(loop, ttl) for loop in cfg.proxy_loops for ttl in cfg.conversation_ttls]
+            for index, (loop, ttl) in enumerate(runs):
+                base = root / f"run-{index}"
                 base.mkdir()
-                left += await _one_run(cfg, fake, base, ttl, started, result)
+                prefix = "bench" if index == 0 else f"bench-run{index}"
+                left += await _one_run(cfg, fake, base, (loop, ttl, prefix), started, result)
             result["conversations_left_behind"] = left
         finally:
             await fake.stop()
@@ -139,10 +145,17 @@ async def run_bench(cfg: BenchConfig, *, workdir: Path | None = None) -> dict[st
 
 
 async def _one_run(
-    cfg: BenchConfig, fake: FakeKimi, base: Path, ttl: int, started: float, result: dict[str, Any]
+    cfg: BenchConfig,
+    fake: FakeKimi,
+    base: Path,
+    run: tuple[str, int, str],
+    started: float,
+    result: dict[str, Any],
 ) -> int:
-    """Every level with a fresh proxy (and store) at one conversation TTL; then, with the proxy
-    stopped, each phase's deletions. Returns the conversations left behind on the fake."""
+    """Every level with a fresh proxy (and store) on one event loop at one conversation TTL,
+    with its own refresh tokens (`run`: loop, TTL, token prefix); then, with the proxy stopped,
+    each phase's deletions. Returns the conversations left behind on the fake."""
+    loop, ttl, prefix = run
     _set_rtt(fake, cfg.rtt)
     client_tls = ssl.create_default_context(cafile=fake.ca_cert_path) if fake.ca_cert_path else None
     options = {
@@ -152,8 +165,8 @@ async def _one_run(
         "conversation_ttl": ttl,
     }
     profile = cfg.profile_proxy
-    if profile is not None and len(cfg.conversation_ttls) > 1:
-        profile = profile.with_name(f"{profile.stem}-ttl{ttl}{profile.suffix}")
+    if profile is not None and len(cfg.conversation_ttls) * len(cfg.proxy_loops) > 1:
+        profile = profile.with_name(f"{profile.stem}-{loop}-ttl{ttl}{profile.suffix}")
     before = {c.id for c in fake.record.live_conversations()}
     async with start_proxy(
         mode=cfg.proxy_mode,
@@ -162,6 +175,7 @@ async def _one_run(
         workdir=base,
         options=options,
         profile=profile,
+        loop=loop,
     ) as proxy:
         env = Env(
             fake=fake,
@@ -170,10 +184,12 @@ async def _one_run(
             prompt=cfg.prompt,
             rtt=cfg.rtt,
             deadline=started + cfg.max_seconds,
-            token_prefix="bench" if ttl == cfg.conversation_ttls[0] else f"bench-ttl{ttl}",
+            token_prefix=prefix,
         )
         try:
             await _levels(cfg, env, result, ttl)
+            for level in result["levels"]:
+                level.setdefault("proxy_loop", proxy.loop)
         finally:
             _set_rtt(fake, 0.0)
             await delete_limit_conversations(env)
@@ -283,6 +299,12 @@ def main(argv: list[str] | None = None) -> int:
         help="the proxy's conversation_ttl; a comma-separated list runs everything once per "
         "value, e.g. 600,0 (default 600)",
     )
+    parser.add_argument(
+        "--proxy-loop",
+        default="default",
+        help="the proxy process's event loop: default (uvloop when installed), asyncio, uvloop; "
+        "a comma-separated list runs everything once per loop, e.g. asyncio,uvloop",
+    )
     args = parser.parse_args(argv)
     cfg = BenchConfig(
         concurrency=args.concurrency or ((1, 10) if args.quick else (1, 50, 500)),
@@ -295,6 +317,7 @@ def main(argv: list[str] | None = None) -> int:
         profile_proxy=args.profile_proxy.resolve() if args.profile_proxy else None,
         kinds=tuple(k for k in args.clients.split(",") if k),
         conversation_ttls=args.conversation_ttl,
+        proxy_loops=tuple(x for x in args.proxy_loop.split(",") if x),
     )
     result = asyncio.run(run_bench(cfg, workdir=args.workdir))
     paths = write_results(result, args.out)

@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from fixtures.golden import list_scenarios, load_scenario, replay
 from tests.schema_check import assert_valid
 from tests.tool_streams import legacy_body
+from tests.tool_streams import request as tool_request
 from tests.tool_streams import run as run_stream
 from translator import (
     LocalProtocolError,
@@ -453,3 +454,33 @@ def test_the_translator_says_which_stop_string_cut_the_answer(stop, deltas, expe
         assert message["stop_reason"] == "end_turn"
     else:
         assert (message["stop_reason"], message["stop_sequence"]) == ("stop_sequence", expected)
+
+
+# --- a Kimi answer with tool calls, through the whole response side ----------------------------
+
+TOOL_ANSWER = (
+    "Let me check. "
+    '<tool_call name="get_weather">\n{"city": "Paris"}\n</tool_call>\n'
+    '<tool_call name="get_time">\n{}\n</tool_call>'
+)
+
+
+def tool_events(points: list[int]) -> list[dict[str, Any]]:
+    body = legacy_body([TOOL_ANSWER[i : i + 7] for i in range(0, len(TOOL_ANSWER), 7)])
+    result = run_stream(tool_request(), [body], cut=cutter(points))
+    assert result.error is None
+    return run(result.chunks)
+
+
+@given(st.lists(st.integers(0, 10_000), max_size=12))
+def test_tool_call_answers_give_the_same_message_under_any_split(points):
+    whole = check(tool_events([]))
+    assert whole["stop_reason"] == "tool_use"
+    assert whole["content"][0] == {"type": "text", "text": "Let me check. "}
+    assert [(b["name"], b["input"]) for b in whole["content"][1:]] == [
+        ("get_weather", {"city": "Paris"}),
+        ("get_time", {}),
+    ]
+    split = tool_events(points)
+    assert check(split) == whole
+    assert deltas(split) == deltas(tool_events([]))

@@ -286,3 +286,41 @@ async def test_dialect_route_sets():
         other = await c.post("/apiv2/kimi.chat.v1.ChatService/ListChats", json={}, headers=auth)
         assert other.status_code == 404
         assert other.json()["code"] == "unimplemented"
+
+
+async def test_the_model_catalog_depends_on_x_msh_version():
+    path = "/apiv2/kimi.gateway.config.v1.ConfigService/GetAvailableModels"
+    async with FakeKimi() as kimi, httpx.AsyncClient(base_url=kimi.base_url) as c:
+        auth = await login(c)
+        assert (await c.post(path, json={})).status_code == 401
+        current = await c.post(path, json={}, headers=auth | {"x-msh-version": "2.0.0"})
+        stale = await c.post(path, json={}, headers=auth)
+    ids = [m["id"] for m in current.json()["availableModels"]]
+    assert ids == ["k2d6-chat", "k3-agent", "k3-agent-swarm"]
+    assert current.json()["defaultScenario"] == {"scenario": "SCENARIO_K2D5", "model": "k2d6-chat"}
+    assert [m["id"] for m in stale.json()["availableModels"]] == [
+        "k2d6",
+        "k2d6-thinking",
+        "k2d6-agent",
+    ]
+
+
+@pytest.mark.parametrize(
+    "served", [("kimi.gateway.chat.v1.ChatService",), ("kimi.chat.v1.ChatService",)]
+)
+async def test_delete_chat_can_be_served_under_one_service_only(served):
+    async with (
+        FakeKimi(delete_services=served) as kimi,
+        httpx.AsyncClient(base_url=kimi.base_url) as c,
+    ):
+        auth = await login(c)
+        chat_id = (await chat(c, auth, chat_body("x")))[0][1]["chat"]["id"]
+        both = {"kimi.gateway.chat.v1.ChatService", "kimi.chat.v1.ChatService"}
+        other = (both - set(served)).pop()
+        body = {"chat_id": chat_id}
+        missing = await c.post(f"/apiv2/{other}/DeleteChat", json=body, headers=auth)
+        assert (missing.status_code, missing.json()["code"]) == (404, "unimplemented")
+        assert len(kimi.record.live_conversations()) == 1
+        ok = await c.post(f"/apiv2/{served[0]}/DeleteChat", json={"chat_id": chat_id}, headers=auth)
+        assert ok.status_code == 200
+        assert kimi.record.live_conversations() == []

@@ -24,14 +24,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Callable, Iterable
-from typing import Any, BinaryIO, Final
+from typing import Any, Final
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from mitmproxy import connection, http
 from mitmproxy import flow as mflow
-from mitmproxy.io import FlowWriter
+from mitmproxy.io import tnetstring
 from mitmproxy.net.http import status_codes
 
 from ._kimi import UpstreamExchange
@@ -221,12 +222,12 @@ class UpstreamFlows:
     ) -> None:
         self._addon = addon
         self.show = show
-        self._file: BinaryIO | None = None
-        self._writer: FlowWriter | None = None
+        #: the record file, opened for appending; each flow goes in with ONE write, so several
+        #: worker processes (`--workers`) can share the file without mixing their flows
+        self._fd: int | None = None
         self.recorded = 0
         if record_path:
-            self._file = open(record_path, "ab")  # noqa: SIM115 (closed by close())
-            self._writer = FlowWriter(self._file)  # type: ignore[no-untyped-call]
+            self._fd = os.open(record_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
 
     def _view(self) -> Any:
         return self._addon("view") if self.show else None
@@ -242,7 +243,7 @@ class UpstreamFlows:
 
     @property
     def active(self) -> bool:
-        return self._writer is not None or self._view() is not None or self._save() is not None
+        return self._fd is not None or self._view() is not None or self._save() is not None
 
     def record(self, exchange: UpstreamExchange) -> None:
         try:
@@ -252,17 +253,17 @@ class UpstreamFlows:
                 view.add([flow])
             if save is not None:
                 save.save_flow(flow)
-            if self._writer is not None and self._file is not None:
-                self._writer.add(flow)
-                self._file.flush()
+            if self._fd is not None:
+                # what mitmproxy's FlowWriter writes, in one piece
+                os.write(self._fd, tnetstring.dumps(flow.get_state()))
             self.recorded += 1
         except Exception as exc:  # recording must never break a reply
             log.warning("could not record a Kimi call as a flow: %s", type(exc).__name__)
 
     def close(self) -> None:
-        if self._file is not None:
-            self._file.close()
-            self._file = self._writer = None
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
 
 
 def keep_streamed_body(flow: http.HTTPFlow) -> Callable[[bytes], bytes]:

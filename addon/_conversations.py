@@ -330,7 +330,9 @@ class ConversationKeeper:
             if account is None:
                 raise RemoteProtocolError("account no longer known", status=404)
             token = await self.pool.access_token(account)
-            await delete_conversation(self.kimi, dialect, conversation_id, token)
+            await delete_conversation(
+                self.kimi, dialect, conversation_id, token, notes=self.store
+            )
         except Exception as exc:
             self.delete_failures += 1
             backoff = min(3600.0, 5.0 * 2**attempts)

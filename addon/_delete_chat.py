@@ -9,13 +9,13 @@ that order, move on to the other one when a route does not exist (HTTP 404 witho
 which one worked, for the rest of the process. A conversation is only counted as deleted when a
 service deleted it or a service that knows chats said it is not there; when neither route
 exists the deletion fails and is retried later, so a guess never leaves a conversation behind.
-The remembered route is not persisted: after a restart the first deletion costs at most one
-extra call.
+The route that worked is also noted in the store (`meta` table, key
+`delete_chat_service:<base URL>`), so a restart starts with it.
 """
 
 from __future__ import annotations
 
-from typing import Final
+from typing import Final, Protocol
 
 from translator import RemoteProtocolError
 from translator._connect_calls import DELETE_CHAT_SERVICES, delete_chat_call, delete_outcome
@@ -30,13 +30,30 @@ __all__ = ["delete_conversation", "delete_service_for"]
 _WORKING: Final[dict[str, str]] = {}
 
 
+class Notes(Protocol):
+    """Where the route is persisted (the store)."""
+
+    def note(self, key: str) -> str | None: ...
+
+    def set_note(self, key: str, value: str) -> None: ...
+
+
+def _key(base_url: str) -> str:
+    return f"delete_chat_service:{base_url}"
+
+
 def delete_service_for(base_url: str) -> str | None:
     """The DeleteChat service known to work at `base_url`, if one has worked yet."""
     return _WORKING.get(base_url)
 
 
 async def delete_conversation(
-    kimi: KimiClient, dialect: Dialect, conversation_id: str, token: str
+    kimi: KimiClient,
+    dialect: Dialect,
+    conversation_id: str,
+    token: str,
+    *,
+    notes: Notes | None = None,
 ) -> None:
     """Delete `conversation_id`; return when it is deleted or known to be gone.
 
@@ -51,6 +68,9 @@ async def delete_conversation(
             raise dialect.http_error(response.status_code, response.content)
         return
     known = _WORKING.get(kimi.base_url)
+    if known is None and notes is not None:
+        noted = notes.note(_key(kimi.base_url))
+        known = noted if noted in DELETE_CHAT_SERVICES else None
     order = [known] if known else []
     order += [s for s in DELETE_CHAT_SERVICES if s != known]
     gone = False
@@ -58,7 +78,10 @@ async def delete_conversation(
         response = await kimi.send(delete_chat_call(conversation_id, service=service), token=token)
         outcome = delete_outcome(response.status_code, response.content)
         if outcome == "deleted":
-            _WORKING[kimi.base_url] = service
+            if _WORKING.get(kimi.base_url) != service:
+                _WORKING[kimi.base_url] = service
+                if notes is not None:
+                    notes.set_note(_key(kimi.base_url), service)
             return
         if outcome == "error":
             raise dialect.http_error(response.status_code, response.content)

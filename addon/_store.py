@@ -31,6 +31,7 @@ from typing import cast
 from ._secrets import constant_time_equal, fingerprint, hash_key, new_salt, redact
 from ._store_admin import AdminMethods
 from ._store_locks import LockMethods
+from ._store_meta import MetaMethods
 from ._store_queues import QueueMethods
 from ._store_records import (
     ACCOUNT_COLUMNS,
@@ -90,7 +91,7 @@ _UNPROVEN = (
 )
 
 
-class Store(QueueMethods, LockMethods, ResponseMethods, AdminMethods):
+class Store(QueueMethods, LockMethods, ResponseMethods, AdminMethods, MetaMethods):
     """The SQLite account store. One instance per process; several processes may share a file.
 
     Raises:

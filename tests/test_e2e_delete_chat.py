@@ -63,3 +63,24 @@ async def test_neither_route_keeps_the_chat_for_a_later_attempt(tmp_path):
         assert len(fake.record.live_conversations()) == 1
         chat_id = fake.record.live_conversations()[0].id
         assert keeper.store.is_pending(chat_id)
+
+
+async def test_the_working_route_is_remembered_across_restarts(tmp_path):
+    from addon import _delete_chat
+
+    async with FakeKimi(dialect_routes="connect", delete_services=(CHAT,)) as fake:
+        for _ in range(2):
+            _delete_chat._WORKING.clear()  # a new process: only the store remembers
+            async with running_proxy(
+                fake.base_url,
+                tmp_path,
+                kimi_dialect="connect",
+                conversation_ttl=0,
+                precreate_conversations=0,
+            ) as proxy:
+                async with sdk(proxy) as client:
+                    await client.chat.completions.create(model="kimi", messages=[user("q")])
+                await wait_for(lambda: fake.record.live_conversations() == [])
+        attempts = [c.path.split("/")[2] for c in fake.record.requests if "DeleteChat" in c.path]
+        # the first process guessed once; the restarted one went straight to the working route
+        assert attempts == [GATEWAY, CHAT, CHAT]

@@ -23,6 +23,7 @@ from translator import KimiCall
 
 from ._accounts import AccountPool, TokenGrant
 from ._admin import add_admin_routes, usage_recorder
+from ._aiohttp_transport import AiohttpTransport
 from ._app import RELAY_SECRET_HEADER, build_app
 from ._chat import ChatService, ChatSettings
 from ._config import Config, ConfigError
@@ -62,6 +63,8 @@ class RuntimeSettings:
     keepalive_interval: float = 15.0
     stall_timeout: float = 120.0
     refresh_path: str = "/api/auth/token/refresh"
+    #: what carries the Kimi calls: "aiohttp" (HTTP/1.1, C parser) or "httpx" (httpcore, HTTP/2)
+    http_client: str = "aiohttp"
     #: TLS verification for Kimi: True, False, or a CA bundle path (tests, the demo's fake)
     verify: bool | str | ssl.SSLContext = True
     config: Config = field(default_factory=Config)
@@ -91,16 +94,26 @@ class Runtime:
         s = self.settings
         timeout = httpx.Timeout(connect=10.0, read=s.stall_timeout, write=30.0, pool=30.0)
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
-        # HTTP/2 where Kimi offers it (ALPN), keep-alive always: no handshake per request after
-        # warm-up. (The h2 package comes with mitmproxy.)
-        self.client = httpx.AsyncClient(
-            timeout=timeout,
-            limits=limits,
-            verify=_tls_context(s.verify),
-            follow_redirects=False,
-            trust_env=False,
-            http2=True,
-        )
+        if s.http_client == "aiohttp":
+            # aiohttp's client under httpx's: HTTP/1.1 parsed in C, a pool per host; about half
+            # the CPU of httpcore per streamed chunk (addon/_aiohttp_transport.py).
+            self.client = httpx.AsyncClient(
+                transport=AiohttpTransport(verify=_tls_context(s.verify), max_connections=1000),
+                timeout=timeout,
+                follow_redirects=False,
+                trust_env=False,
+            )
+        else:
+            # HTTP/2 where Kimi offers it (ALPN), keep-alive always: no handshake per request
+            # after warm-up. (The h2 package comes with mitmproxy.)
+            self.client = httpx.AsyncClient(
+                timeout=timeout,
+                limits=limits,
+                verify=_tls_context(s.verify),
+                follow_redirects=False,
+                trust_env=False,
+                http2=True,
+            )
         self.kimi = kimi = KimiClient(self.client, s.kimi_base_url)
         kimi.observer = self.metrics
         self.store = store = open_store(s.store_path)

@@ -26,7 +26,7 @@ import time
 from collections.abc import Sequence
 from types import FrameType
 
-__all__ = ["REUSE_PORT_ENV", "WORKER_ENV", "parse_workers", "run_workers"]
+__all__ = ["REUSE_PORT_ENV", "WORKER_ENV", "parse_workers", "run_workers", "tcp_only_reverse"]
 
 #: set in a worker's environment: listen with SO_REUSEPORT
 REUSE_PORT_ENV = "KIMI_FREE_API_REUSE_PORT"
@@ -50,6 +50,25 @@ def parse_workers(text: str) -> int:
     if count < 1:
         raise ValueError("must be >= 1")
     return count
+
+
+def tcp_only_reverse() -> None:
+    """In workers after the first: `reverse:https://...` listens on TCP only.
+
+    mitmproxy also opens a UDP socket on the port for a reverse proxy to an https target (HTTP/3
+    clients); that socket cannot be shared with SO_REUSEPORT (mitmproxy_rs opens it), so the
+    first worker keeps it and the others serve TCP, which is what HTTP/1.1 and HTTP/2 clients
+    use."""
+    from mitmproxy.proxy import mode_specs
+
+    original = mode_specs.ReverseMode.__post_init__
+
+    def post_init(self: mode_specs.ReverseMode) -> None:
+        original(self)
+        if self.transport_protocol == mode_specs.BOTH:
+            object.__setattr__(self, "transport_protocol", mode_specs.TCP)
+
+    mode_specs.ReverseMode.__post_init__ = post_init  # type: ignore[method-assign]
 
 
 def _prepare_ca(confdir: str) -> None:

@@ -253,7 +253,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mitmproxy.exceptions import OptionsError
 
     from ._loop import loop_factory
-    from ._workers import REUSE_PORT_ENV, parse_workers, run_workers
+    from ._workers import REUSE_PORT_ENV, WORKER_ENV, parse_workers, run_workers, tcp_only_reverse
 
     try:
         workers = parse_workers(args.workers)
@@ -269,6 +269,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         return run_workers(argv, workers, confdir=args.confdir)
     factory = loop_factory(reuse_port=os.environ.get(REUSE_PORT_ENV) == "1")
+    if os.environ.get(WORKER_ENV, "0") != "0":
+        tcp_only_reverse()
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve(args, demo=args.command == "demo"), loop_factory=factory)

@@ -111,6 +111,13 @@ class KimiProxy:
             "postgresql:// URL (several hosts share the accounts).",
         )
         loader.add_option(
+            "kimi_http_client",
+            str,
+            "aiohttp",
+            "What carries the Kimi calls: aiohttp (HTTP/1.1, parsed in C: the least CPU) or "
+            "httpx (httpcore: HTTP/2 where Kimi offers it).",
+        )
+        loader.add_option(
             "conversation_ttl",
             int,
             600,
@@ -206,6 +213,10 @@ class KimiProxy:
                 self.base_url = parse_base_url(self._kimi_base_url())
             except ValueError as exc:
                 raise exceptions.OptionsError(str(exc)) from None
+        if "kimi_http_client" in updated and opts.kimi_http_client not in ("aiohttp", "httpx"):
+            raise exceptions.OptionsError(
+                f"kimi_http_client must be aiohttp or httpx, got {opts.kimi_http_client!r}"
+            )
         if "kimi_dialect" in updated and opts.kimi_dialect not in DIALECTS:
             raise exceptions.OptionsError(
                 f"kimi_dialect must be one of {', '.join(DIALECTS)}, got {opts.kimi_dialect!r}"
@@ -271,6 +282,7 @@ class KimiProxy:
             keepalive_interval=float(opts.keepalive_interval),
             stall_timeout=float(opts.stall_timeout),
             refresh_path=opts.refresh_path,
+            http_client=opts.kimi_http_client,
             verify=ctx.options.kimi_ca_file or self.verify,
             config=self.config,
         )

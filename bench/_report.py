@@ -66,8 +66,9 @@ def markdown(result: dict[str, Any]) -> str:
         f"{cfg['token_rate']:.0f} tokens/s; proxy {cfg['proxy_mode']}; "
         f"{result['machine']['cpus']} CPUs, {result['machine']['cpu_model']}.",
         "",
-        "| c | TTL s | loop | client | n (ok) | TTFT p50 / p95 / p99 ms | TTFT p50 ×limit (+ms) "
-        "| total p50 ms (×) | chunks/s (×) | upstream calls/compl. critical / all "
+        "| c | TTL s | variant (loop) | client | n (ok) | TTFT p50 / p95 / p99 ms "
+        "| TTFT p50 ×limit (+ms) | total p50 ms (×) | chunks/s (×) "
+        "| upstream calls/compl. critical / all "
         "| CPU s/1k (×) | proxy CPU s/1k | peak RSS MB (×) | DELETEs/conv. (not 2xx, left) |",
         "|---:|---:|---|---|---:|---|---|---|---|---|---|---|---|---|",
     ]
@@ -92,7 +93,7 @@ def markdown(result: dict[str, Any]) -> str:
 
             lines.append(
                 f"| {level['concurrency']} | {_ttl(level.get('conversation_ttl'))} "
-                f"| {level.get('proxy_loop', '–')} | {kind} "
+                f"| {level.get('variant', '–')} ({level.get('proxy_loop', '–')}) | {kind} "
                 f"| {res['completions']} ({res['ok']}) "
                 f"| {t['p50']:.1f} / {t['p95']:.1f} / {t['p99']:.1f} | {ttft_ratio} "
                 f"| {res['total_ms']['p50']:.0f}{x('total_p50')} "
@@ -103,6 +104,23 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {_cell(res['cpu_s_per_1k'].get('proxy_process'))} "
                 f"| {_cell(res['peak_rss_mb']['total'])}{x('peak_rss_mb')} "
                 f"| {_cleanup_cell(res.get('cleanup'))} |"
+            )
+    if result.get("saturation"):
+        lines += [
+            "",
+            "Saturation, `kimi-free-api run --workers N` (raw clients, one account each):",
+            "",
+            "| workers | processes | c | n (ok) | completions/s | TTFT p50 / p95 ms "
+            "| total p50 ms | proxy CPU s/1k |",
+            "|---:|---:|---:|---:|---:|---|---:|---:|",
+        ]
+        for row in result["saturation"]:
+            t = row["ttft_ms"]
+            lines.append(
+                f"| {row['workers']} | {row['processes']} | {row['concurrency']} "
+                f"| {row['completions']} ({row['ok']}) | {row['completions_per_s']:.1f} "
+                f"| {t['p50']:.0f} / {t['p95']:.0f} | {row['total_ms']['p50']:.0f} "
+                f"| {_cell(row['proxy_cpu_s_per_1k'])} |"
             )
     if result.get("notes"):
         lines += ["", *(f"- {note}" for note in result["notes"])]

@@ -28,12 +28,24 @@ from ._deletes import count_deletes
 from ._phases import Env, delete_limit_conversations, run_phase
 from ._proxy import start_proxy
 from ._report import add_ratios, markdown, write_results
+from ._saturation import run_saturation
 from ._stats import raise_fd_limit
 
 __all__ = ["BenchConfig", "default_completions", "main", "run_bench"]
 
 RESULTS = Path(__file__).resolve().parent / "results"
 KINDS = ("limit", "sdk", "raw")
+
+#: how the proxy process is run: its event loop ("default": uvloop when installed) and extra
+#: mitmproxy options. "after" is the proxy as shipped; "before" is it as it was before the second
+#: speed round (asyncio's loop, httpx/httpcore for the Kimi calls), for a same-run comparison.
+VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
+    "after": ("default", {}),
+    "before": ("asyncio", {"kimi_http_client": "httpx"}),
+    "asyncio": ("asyncio", {}),
+    "uvloop": ("uvloop", {}),
+    "httpx": ("default", {"kimi_http_client": "httpx"}),
+}
 
 
 def default_completions(concurrency: int) -> int:
@@ -64,9 +76,12 @@ class BenchConfig:
     #: one whole run (fresh proxy and store) per value: 600 is the proxy's default, 0 deletes
     #: each conversation as its reply ends
     conversation_ttls: tuple[int, ...] = (600,)
-    #: one whole run per event loop of the proxy process ("default": what the proxy picks,
-    #: uvloop when installed; "asyncio" / "uvloop" force one): an A/B in one run
-    proxy_loops: tuple[str, ...] = ("default",)
+    #: one whole run per proxy variant (VARIANTS): an A/B in one run, e.g. ("before", "after")
+    proxy_variants: tuple[str, ...] = ("after",)
+    #: after the runs: completions/s at saturation with `kimi-free-api run --workers N` per N
+    saturation_workers: tuple[int, ...] = ()
+    saturation_concurrency: int = 100
+    saturation_completions: int = 600
 
 
 def machine() -> dict[str, Any]:
@@ -116,7 +131,7 @@ async def run_bench(cfg: BenchConfig, *, workdir: Path | None = None) -> dict[st
         "notes": [],
     }
     result["config"]["conversation_ttls"] = list(cfg.conversation_ttls)
-    result["config"]["proxy_loops"] = list(cfg.proxy_loops)
+    result["config"]["proxy_variants"] = {v: VARIANTS[v] for v in cfg.proxy_variants}
     with tempfile.TemporaryDirectory(prefix="kimi-bench-") as tmp:
         root = Path(tempfile.mkdtemp(dir=workdir)) if workdir else Path(tmp)
         result["config"]["workdir_fs"] = _filesystem(root)
@@ -129,14 +144,34 @@ async def run_bench(cfg: BenchConfig, *, workdir: Path | None = None) -> dict[st
         )
         await fake.start()
         try:
-            left = 0
-            runs = [(loop, ttl) for loop in cfg.proxy_loops for ttl in cfg.conversation_ttls]
-            for index, (loop, ttl) in enumerate(runs):
+            runs = [(v, ttl) for v in cfg.proxy_variants for ttl in cfg.conversation_ttls]
+            for index, (variant, ttl) in enumerate(runs):
                 base = root / f"run-{index}"
                 base.mkdir()
                 prefix = "bench" if index == 0 else f"bench-run{index}"
-                left += await _one_run(cfg, fake, base, (loop, ttl, prefix), started, result)
-            result["conversations_left_behind"] = left
+                await _one_run(cfg, fake, base, (variant, ttl, prefix), started, result)
+            result["saturation"] = []
+            for workers in cfg.saturation_workers:
+                if time.monotonic() > started + cfg.max_seconds:
+                    result["notes"].append(f"--workers {workers} skipped: --max-seconds used up")
+                    continue
+                _set_rtt(fake, cfg.rtt)
+                row = await run_saturation(
+                    fake,
+                    workers=workers,
+                    concurrency=cfg.saturation_concurrency,
+                    completions=cfg.saturation_completions,
+                    workdir=root,
+                    prompt=cfg.prompt,
+                    token_prefix=f"bench-w{workers}",
+                )
+                result["saturation"].append(row)
+                sys.stderr.write(
+                    f"workers={workers} c={row['concurrency']} {row['completions_per_s']}/s "
+                    f"proxy CPU {row['proxy_cpu_s_per_1k']} s/1k\n"
+                )
+            # every run deletes what it created (the proxies at shutdown, the limit's by us)
+            result["conversations_left_behind"] = len(fake.record.live_conversations())
         finally:
             await fake.stop()
     result["duration_s"] = round(time.monotonic() - started, 1)
@@ -152,10 +187,11 @@ async def _one_run(
     started: float,
     result: dict[str, Any],
 ) -> int:
-    """Every level with a fresh proxy (and store) on one event loop at one conversation TTL,
-    with its own refresh tokens (`run`: loop, TTL, token prefix); then, with the proxy stopped,
+    """Every level with a fresh proxy (and store) of one variant at one conversation TTL, with
+    its own refresh tokens (`run`: variant, TTL, token prefix); then, with the proxy stopped,
     each phase's deletions. Returns the conversations left behind on the fake."""
-    loop, ttl, prefix = run
+    variant, ttl, prefix = run
+    loop, extra = VARIANTS[variant]
     _set_rtt(fake, cfg.rtt)
     client_tls = ssl.create_default_context(cafile=fake.ca_cert_path) if fake.ca_cert_path else None
     options = {
@@ -163,10 +199,11 @@ async def _one_run(
         "max_account_concurrency": cfg.max_account_concurrency,
         "precreate_conversations": cfg.precreate_conversations,
         "conversation_ttl": ttl,
+        **extra,
     }
     profile = cfg.profile_proxy
-    if profile is not None and len(cfg.conversation_ttls) * len(cfg.proxy_loops) > 1:
-        profile = profile.with_name(f"{profile.stem}-{loop}-ttl{ttl}{profile.suffix}")
+    if profile is not None and len(cfg.conversation_ttls) * len(cfg.proxy_variants) > 1:
+        profile = profile.with_name(f"{profile.stem}-{variant}-ttl{ttl}{profile.suffix}")
     before = {c.id for c in fake.record.live_conversations()}
     async with start_proxy(
         mode=cfg.proxy_mode,
@@ -189,6 +226,7 @@ async def _one_run(
         try:
             await _levels(cfg, env, result, ttl)
             for level in result["levels"]:
+                level.setdefault("variant", variant)
                 level.setdefault("proxy_loop", proxy.loop)
         finally:
             _set_rtt(fake, 0.0)
@@ -300,12 +338,28 @@ def main(argv: list[str] | None = None) -> int:
         "value, e.g. 600,0 (default 600)",
     )
     parser.add_argument(
-        "--proxy-loop",
-        default="default",
-        help="the proxy process's event loop: default (uvloop when installed), asyncio, uvloop; "
-        "a comma-separated list runs everything once per loop, e.g. asyncio,uvloop",
+        "--variants",
+        default="after",
+        help="how the proxy runs: after (as shipped), before (asyncio loop + httpx for Kimi: "
+        "as before the second speed round), asyncio, uvloop, httpx; a comma-separated list runs "
+        "everything once per variant, e.g. before,after (default after)",
+    )
+    parser.add_argument(
+        "--workers",
+        default="",
+        help="after the runs, completions/s at saturation of `kimi-free-api run --workers N` "
+        "for each N of this comma-separated list, e.g. 1,2 (default: not measured)",
+    )
+    parser.add_argument(
+        "--saturation-concurrency", type=int, default=100, help="open streams for --workers"
+    )
+    parser.add_argument(
+        "--saturation-completions", type=int, default=600, help="timed completions for --workers"
     )
     args = parser.parse_args(argv)
+    unknown = [v for v in args.variants.split(",") if v and v not in VARIANTS]
+    if unknown:
+        parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
     cfg = BenchConfig(
         concurrency=args.concurrency or ((1, 10) if args.quick else (1, 50, 500)),
         completions=args.completions or (10 if args.quick else None),
@@ -317,7 +371,10 @@ def main(argv: list[str] | None = None) -> int:
         profile_proxy=args.profile_proxy.resolve() if args.profile_proxy else None,
         kinds=tuple(k for k in args.clients.split(",") if k),
         conversation_ttls=args.conversation_ttl,
-        proxy_loops=tuple(x for x in args.proxy_loop.split(",") if x),
+        proxy_variants=tuple(x for x in args.variants.split(",") if x),
+        saturation_workers=tuple(int(x) for x in args.workers.split(",") if x.strip()),
+        saturation_concurrency=args.saturation_concurrency,
+        saturation_completions=args.saturation_completions,
     )
     result = asyncio.run(run_bench(cfg, workdir=args.workdir))
     paths = write_results(result, args.out)

@@ -107,3 +107,26 @@ def test_micro_bodies_translate_to_valid_chunks():
         assert row["input_mb_per_s"] > 0
         assert row["cost_vs_json_loads"] > 0
         assert (row["output_mb_per_s"] is not None) == ("stream (" in name)
+
+
+async def test_saturation_runs_the_command_with_two_workers(tmp_path):
+    from bench._saturation import run_saturation
+    from fixtures.fake_kimi import FakeKimi
+
+    async with FakeKimi(dialect_routes="legacy", tls=True, rtt=0.005, token_rate=1000.0) as fake:
+        row = await run_saturation(
+            fake,
+            workers=2,
+            concurrency=4,
+            completions=8,
+            workdir=tmp_path,
+            prompt="hello",
+            token_prefix="smoke",
+        )
+        assert row["workers"] == 2
+        assert row["processes"] == 3  # the supervisor and its two workers
+        assert row["ok"] == row["completions"] == 8
+        assert row["completions_per_s"] > 0
+        assert row["proxy_cpu_s_per_1k"] > 0
+        assert row["exit_status"] == 0  # SIGTERM: both workers stopped the orderly way
+        assert fake.record.live_conversations() == []

@@ -1,0 +1,162 @@
+"""An httpx transport that sends requests with aiohttp's client: the Kimi client's wire.
+
+Why: in a profile of the proxy under the benchmark (docs/benchmarks.md), httpx's default
+transport (httpcore over anyio, h11 parsing in pure Python) was about 45 % of the proxy's CPU,
+most of it per streamed chunk (anyio's stream wrappers and cancel scopes, h11's event machine)
+and per pooled connection (httpcore scans every pooled connection, and asks each socket for its
+peer, whenever a request starts or ends). aiohttp parses HTTP/1.1 in C and keeps its pool per
+host. Everything above the transport stays httpx: the client, its cookies, redirects (off),
+`Response.aiter_bytes()` and content decoding, the error tree the addon maps
+(`_kimi.map_transport_errors`), so nothing else changes.
+
+What it does not do: HTTP/2 (aiohttp's client speaks HTTP/1.1; Kimi serves both), and HTTP
+proxies from the environment (the Kimi client never uses them: trust_env=False).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import httpx
+from multidict import CIMultiDict
+
+__all__ = ["AiohttpTransport"]
+
+
+def _timeout(request: httpx.Request) -> aiohttp.ClientTimeout:
+    timeouts: dict[str, float | None] = request.extensions.get("timeout", {})
+    connect = timeouts.get("connect")
+    pool = timeouts.get("pool")
+    return aiohttp.ClientTimeout(
+        total=None,
+        # aiohttp's `connect` covers the wait for a pool slot and the connection; `sock_connect`
+        # the connection alone (httpx: `pool` + `connect`)
+        connect=None if connect is None or pool is None else connect + pool,
+        sock_connect=connect,
+        sock_read=timeouts.get("read"),
+    )
+
+
+def _error(exc: BaseException, request: httpx.Request) -> httpx.TransportError:
+    """aiohttp's (and asyncio's) failures as the httpx exception they stand for."""
+    message = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, aiohttp.ConnectionTimeoutError):
+        return httpx.ConnectTimeout(message, request=request)
+    if isinstance(exc, aiohttp.SocketTimeoutError | asyncio.TimeoutError):
+        return httpx.ReadTimeout(message, request=request)
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        return httpx.ConnectError(message, request=request)
+    if isinstance(exc, aiohttp.ServerDisconnectedError | aiohttp.ClientPayloadError):
+        return httpx.RemoteProtocolError(message, request=request)
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return httpx.RemoteProtocolError(message, request=request)
+    return httpx.ReadError(message, request=request)
+
+
+_FAILURES = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+
+
+class _Body(httpx.AsyncByteStream):
+    """The response body as aiohttp reads it: each piece as soon as it arrived."""
+
+    def __init__(self, response: aiohttp.ClientResponse, request: httpx.Request) -> None:
+        self._response = response
+        self._request = request
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        content = self._response.content
+        try:
+            while True:
+                data = await content.readany()
+                if not data:
+                    return
+                yield data
+        except _FAILURES as exc:
+            raise _error(exc, self._request) from exc
+
+    async def aclose(self) -> None:
+        response = self._response
+        if response.content.at_eof():
+            response.release()  # the connection goes back to the pool
+        else:
+            response.close()  # a body left unread: this connection cannot be reused
+
+
+class AiohttpTransport(httpx.AsyncBaseTransport):
+    """`httpx.AsyncClient(transport=AiohttpTransport(verify=...))`. One aiohttp session,
+    created on first use (it needs the running loop), closed with the client."""
+
+    def __init__(
+        self,
+        *,
+        verify: bool | ssl.SSLContext = True,
+        max_connections: int = 1000,
+        keepalive_expiry: float = 15.0,
+    ) -> None:
+        self._ssl: bool | ssl.SSLContext = (
+            ssl.create_default_context() if verify is True else verify
+        )
+        self._limit = max_connections
+        self._keepalive = keepalive_expiry
+        self._session: aiohttp.ClientSession | None = None
+
+    def _open(self) -> aiohttp.ClientSession:
+        if self._session is None or self._session.closed:
+            connector = aiohttp.TCPConnector(
+                limit=self._limit,
+                limit_per_host=0,
+                ssl=self._ssl,
+                keepalive_timeout=self._keepalive,
+            )
+            self._session = aiohttp.ClientSession(
+                connector=connector,
+                # httpx keeps the cookies, decodes bodies and follows (no) redirects
+                cookie_jar=aiohttp.DummyCookieJar(),
+                auto_decompress=False,
+                trust_env=False,
+                # headers come from httpx as they are; aiohttp adds none of its own
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding"),
+            )
+        return self._session
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        session = self._open()
+        headers: CIMultiDict[str] = CIMultiDict(
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in request.headers.raw
+        )
+        body = await request.aread()
+        kwargs: dict[str, Any] = {}
+        if body or request.method not in ("GET", "HEAD", "DELETE", "OPTIONS"):
+            kwargs["data"] = body
+        try:
+            response = await session.request(
+                request.method,
+                str(request.url),
+                headers=headers,
+                allow_redirects=False,
+                timeout=_timeout(request),
+                **kwargs,
+            )
+        except _FAILURES as exc:
+            raise _error(exc, request) from exc
+        version = response.version
+        return httpx.Response(
+            response.status,
+            headers=list(response.raw_headers),
+            stream=_Body(response, request),
+            extensions={
+                "http_version": f"HTTP/{version.major}.{version.minor}".encode()
+                if version is not None
+                else b"HTTP/1.1",
+                "reason_phrase": (response.reason or "").encode("latin-1", "replace"),
+            },
+        )
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

@@ -364,6 +364,9 @@ def test_required_and_named_demand_a_call():
 def test_tool_choice_none_parses_no_call():
     result = run(request(tool_choice="none"), [legacy_body(["Words. ", GOOD])])
     assert (result.content, result.finish, calls_of(result)) == ("Words. ", "stop", [])
+    only = run(request(tool_choice="none"), [legacy_body([GOOD])])
+    assert only.error.status == 502
+    assert only.error.message == "the model called a tool although tool_choice is none"
 
 
 def test_begin_repair_only_when_one_is_pending():

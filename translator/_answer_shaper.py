@@ -23,7 +23,8 @@ What happens when a repair also fails (docs/tools.md):
     tool_choice "required" or named   502 with the validation error
     tool_choice "auto"                the text already written is the answer (502 when there was
                                       none); invalid calls are not returned
-    tool_choice "none"                calls are never parsed into tool_calls (the markup is dropped)
+    tool_choice "none"                no repair: calls never become tool_calls (the markup is
+                                      dropped); an answer that is only a call is a 502
     response_format                   502 with the validation error
 """
 
@@ -186,6 +187,9 @@ class AnswerShaper:
             outcome = self._tool_outcome(rest)
             if outcome is not None:
                 return outcome
+        elif self._raw and not (rest or self._wrote or self._output is not None):
+            # tool_choice "none", and the answer is nothing but a call: not Kimi's throttling
+            return Outcome(error=_failure("the model called a tool although tool_choice is none"))
         if self._output is not None:
             return self._json_outcome()
         if self._repaired:

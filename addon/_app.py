@@ -8,7 +8,6 @@ Every response carries CORS headers, so browser clients work too.
 from __future__ import annotations
 
 import hmac
-import json
 import logging
 import math
 import time
@@ -16,19 +15,27 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from translator import LocalProtocolError, TranslatorError
 from translator._models import model_list
 
 from ._accounts import AccessDenied, AccountPool, AuthFailed, TransientFailure
+from ._body import DEFAULT_MAX_REQUEST_BYTES, read_json
 from ._chat import ChatService, ChatStats
+from ._credentials import (
+    CREDENTIAL_HANDLE_HEADER,
+    CREDENTIAL_HEADERS,
+    HELD_BODY,
+    CredentialVault,
+)
 from ._kimi import call_counter
 from ._messages import add_messages_routes
 from ._metrics import Metrics, RequestRecord, endpoint_of
 from ._model_catalog import ModelCatalogs
 from ._ratelimit import CLIENT_ADDRESS_HEADER, RateLimiter
 from ._reply import JsonReply, Reply, SseReply, error_response, json_response
-from ._responses import ResponsesService, read_json
+from ._responses import ResponsesService
 
 __all__ = ["RELAY_SECRET_HEADER", "build_app"]
 
@@ -66,6 +73,29 @@ def _bearer(request: web.Request) -> str:
     return credentials.strip() if scheme.lower() == "bearer" else ""
 
 
+def _with_credentials(request: web.Request, vault: CredentialVault) -> web.Request:
+    """The request with the client's credential headers back in place of the vault's handle
+    (see addon/_credentials.py). No handle: as it came (tests and the benchmark call the relay
+    directly); an unknown or spent handle: no credential at all."""
+    handle = request.headers.get(CREDENTIAL_HANDLE_HEADER)
+    if handle is None:
+        return request
+    headers = CIMultiDict(
+        (name, value)
+        for name, value in request.headers.items()
+        if name.lower() != CREDENTIAL_HANDLE_HEADER and name.lower() not in CREDENTIAL_HEADERS
+    )
+    held = vault.take(handle)
+    if held is None:
+        return request.clone(headers=headers)
+    for name, value in held.headers:
+        headers.add(name, value)
+    restored = request.clone(headers=headers)
+    if held.body is not None:
+        restored[HELD_BODY] = held.body
+    return restored
+
+
 def build_app(
     *,
     secret: str,
@@ -77,16 +107,21 @@ def build_app(
     on_request: Sequence[RequestObserver] = (),
     token_check_limit: RateLimiter | None = None,
     catalogs: ModelCatalogs | None = None,
+    credentials: CredentialVault | None = None,
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
 ) -> web.Application:
     """The relay app. `routes` add more routes (before the catch-all 404); `metrics` is fed
     one `RequestRecord` per request; `catalogs` (Connect dialect) lists Kimi's own models on
-    `/v1/models`."""
+    `/v1/models`; `credentials` is the vault the addon hands credentials over in
+    (addon/_credentials.py)."""
+    vault = credentials if credentials is not None else CredentialVault()
 
     @web.middleware
     async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
         given = request.headers.get(RELAY_SECRET_HEADER, "")
         if not hmac.compare_digest(given.encode(), secret.encode()):
             return _openai_error(403, "forbidden", type_="permission_error", code="forbidden")
+        request = _with_credentials(request, vault)
         if request.method == "OPTIONS":
             return web.Response(status=204, headers=CORS_HEADERS)
         started = time.monotonic()
@@ -99,6 +134,16 @@ def build_app(
         except web.HTTPException as exc:
             response = _openai_error(
                 exc.status, exc.reason, type_="invalid_request_error", code=None
+            )
+        except TranslatorError as exc:
+            # A body refused by read_json (too large, bad encoding, bad JSON) in any route.
+            stats.status = exc.status
+            response = error_response(exc)
+        except RecursionError:
+            # JSON nested deeper than any parser in the chain could follow: the client's fault.
+            stats.status = 400
+            response = error_response(
+                LocalProtocolError("the request body is nested too deeply", code="invalid_json")
             )
         except Exception:
             # A bug of ours: still an OpenAI-shaped answer, and the traceback in the log (it
@@ -143,12 +188,10 @@ def build_app(
     async def chat_completions(request: web.Request) -> web.StreamResponse:
         stats = request[STATS]
         try:
-            body: Any = json.loads(await request.read())
-        except ValueError:
-            stats.status = 400
-            return error_response(
-                LocalProtocolError("the request body is not valid JSON", code="invalid_json")
-            )
+            body: Any = await read_json(request, limit=max_request_bytes)
+        except TranslatorError as err:
+            stats.status = err.status
+            return error_response(err)
         stream = isinstance(body, dict) and body.get("stream") is True
         reply: Reply = SseReply(request) if stream else JsonReply()
         return await chat.complete(body, _bearer(request), reply, stats)
@@ -160,7 +203,7 @@ def build_app(
     async def create_response(request: web.Request) -> web.StreamResponse:
         stats = request[STATS]
         try:
-            body = await read_json(request)
+            body = await read_json(request, limit=max_request_bytes)
         except LocalProtocolError as err:
             stats.status = err.status
             return error_response(err)
@@ -216,7 +259,10 @@ def build_app(
             response.headers["retry-after"] = str(math.ceil(wait))
             return response
         try:
-            body = json.loads(await request.read())
+            body = await read_json(request, limit=max_request_bytes)
+        except TranslatorError as err:
+            return error_response(err)
+        try:
             token = body["token"]
             if not isinstance(token, str) or not token:
                 raise TypeError
@@ -263,7 +309,7 @@ def build_app(
             code="unknown_url",
         )
 
-    app = web.Application(middlewares=[guard], client_max_size=512 * 1024 * 1024)
+    app = web.Application(middlewares=[guard], client_max_size=max_request_bytes)
     for prefix in ("/v1", ""):
         app.router.add_post(prefix + "/chat/completions", chat_completions)
         app.router.add_get(prefix + "/models", models)

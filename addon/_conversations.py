@@ -33,7 +33,7 @@ from ._dialects import CONNECT, LEGACY, Dialect
 from ._kimi import KimiClient
 from ._store import PendingDeletion, Store
 
-__all__ = ["ConversationKeeper", "Resumption", "exchange_key"]
+__all__ = ["ConversationKeeper", "Resumption", "exchange_key", "prefix_keys"]
 
 log = logging.getLogger("kimi_free_api")
 
@@ -54,12 +54,45 @@ def _file_identity(source: UrlFile | InlineFile) -> str:
     return "sha256:" + hashlib.sha256(source.data).hexdigest()
 
 
+_KEY_SEED = hashlib.sha256(b"kimi-free-api exchange key v2").digest()
+
+
+def _message_digest(message: Message) -> bytes:
+    normal = [message.role, message.text.strip(), [_file_identity(f) for f in message.files]]
+    data = json.dumps(normal, ensure_ascii=False, separators=(",", ":")).encode()
+    return hashlib.sha256(data).digest()
+
+
+def prefix_keys(messages: Sequence[Message]) -> list[str]:
+    """`exchange_key(messages[:n])` for every n from 1 to len(messages), in one pass.
+
+    The key is a running hash: each message is hashed once and chained onto the digest of the
+    prefix before it, so all prefixes of a 10,000-message history cost as much as hashing it
+    once (hashing every prefix anew was quadratic, and froze the proxy for over a minute)."""
+    keys: list[str] = []
+    state = _KEY_SEED
+    for message in messages:
+        state = hashlib.sha256(state + _message_digest(message)).digest()
+        keys.append(state.hex())
+    return keys
+
+
 def exchange_key(messages: Sequence[Message]) -> str:
     """A stable hash of a conversation as the client sees it. Whitespace at the ends of a
     message is ignored (clients trim differently); anything else that changes is a new chat."""
-    normal = [[m.role, m.text.strip(), [_file_identity(f) for f in m.files]] for m in messages]
-    data = json.dumps(normal, ensure_ascii=False, separators=(",", ":")).encode()
-    return hashlib.sha256(data).hexdigest()
+    keys = prefix_keys(messages)
+    return keys[-1] if keys else _KEY_SEED.hex()
+
+
+def _candidate_keys(messages: Sequence[Message]) -> list[tuple[int, str]]:
+    """(prefix length, key) of every prefix that could be a remembered exchange (it ends in an
+    assistant turn and leaves at least one new message), longest first."""
+    keys = prefix_keys(messages[:-1])
+    return [
+        (end, keys[end - 1])
+        for end in range(len(messages) - 1, 0, -1)
+        if messages[end - 1].role == "assistant"
+    ]
 
 
 class ConversationKeeper:
@@ -192,10 +225,10 @@ class ConversationKeeper:
     def find(self, account: Account, messages: Sequence[Message]) -> tuple[str, str, int] | None:
         """The conversation whose remembered exchange is the longest prefix of `messages`
         ending in an assistant turn: (conversation id, parent message id, prefix length)."""
-        for end in range(len(messages) - 1, 0, -1):
-            if messages[end - 1].role != "assistant":
-                continue
-            found = self.store.find_exchange(exchange_key(messages[:end]))
+        candidates = _candidate_keys(messages)
+        known = self.store.find_exchanges([key for _, key in candidates])
+        for end, key in candidates:
+            found = known.get(key)
             # Another account's conversation cannot be continued with this account's token.
             if found is not None and found.account_id == account.id:
                 if not self.store.is_pending(found.conversation_id):
@@ -217,11 +250,10 @@ class ConversationKeeper:
         if plan.conversation_id:
             latest = self.store.latest_exchange_for(plan.conversation_id)
             return latest.account_id if latest and latest.account_id in ids else None
-        messages = plan.messages
-        for end in range(len(messages) - 1, 0, -1):
-            if messages[end - 1].role != "assistant":
-                continue
-            found = self.store.find_exchange(exchange_key(messages[:end]))
+        candidates = _candidate_keys(plan.messages)
+        known = self.store.find_exchanges([key for _, key in candidates])
+        for _, key in candidates:
+            found = known.get(key)
             if found is not None and found.account_id in ids:
                 return found.account_id
         return None

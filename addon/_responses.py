@@ -15,7 +15,6 @@ applies then, as for chat).
 
 from __future__ import annotations
 
-import json
 import logging
 import secrets
 from collections.abc import Callable
@@ -29,6 +28,8 @@ from translator._responses_stream import ResponsesEncoder, fold_response
 from translator._sse import encode_sse_comment, encode_sse_event
 
 from ._accounts import AccessDenied, AccountPool
+from ._body import DEFAULT_MAX_REQUEST_BYTES
+from ._body import read_json as read_body_json
 from ._chat import ChatService, ChatStats
 from ._dialects import CONNECT, LEGACY
 from ._reply import SSE_HEADERS, error_response, json_response
@@ -342,9 +343,5 @@ async def read_json(request: web.Request) -> Any:
     Raises:
         LocalProtocolError: not JSON.
     """
-    try:
-        return json.loads(await request.read())
-    except ValueError:
-        raise LocalProtocolError(
-            "the request body is not valid JSON", code="invalid_json"
-        ) from None
+    # Bounded, decompressed within the limit, strict (no NaN, no crash on deep nesting).
+    return await read_body_json(request, limit=DEFAULT_MAX_REQUEST_BYTES)

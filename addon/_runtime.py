@@ -25,9 +25,11 @@ from ._accounts import AccountPool, TokenGrant
 from ._admin import add_admin_routes, usage_recorder
 from ._aiohttp_transport import AiohttpTransport
 from ._app import RELAY_SECRET_HEADER, build_app
+from ._body import DEFAULT_MAX_REQUEST_BYTES
 from ._chat import ChatService, ChatSettings
 from ._config import Config, ConfigError
 from ._conversations import ConversationKeeper
+from ._credentials import CredentialVault
 from ._dialects import Dialect, choose_dialect
 from ._fetch import Fetcher, FetchPolicy, make_fetch_client
 from ._kimi import KimiClient
@@ -39,12 +41,24 @@ from ._store_pg import open_store
 from ._upload import Uploader
 from ._usage import UsageLog
 
-__all__ = ["LIVE_OPTIONS", "RELAY_SECRET_HEADER", "Runtime", "RuntimeSettings"]
+__all__ = [
+    "LIVE_OPTIONS",
+    "RELAY_HEADER_LIMIT",
+    "RELAY_SECRET_HEADER",
+    "Runtime",
+    "RuntimeSettings",
+]
 
 #: options in the config file's `options:` that a reload applies without a restart
 LIVE_OPTIONS = frozenset({"max_account_concurrency", "account_cooldown"})
 
 log = logging.getLogger("kimi_free_api")
+
+#: The relay's parser limits for the request line and each header (aiohttp's default is 8190,
+#: less than `Authorization: Bearer T1,…,T20` with twenty real tokens). The addon refuses
+#: anything over its own, lower limits with a JSON error before it reaches the relay, because
+#: aiohttp's own refusal is a plain-text 400 that echoes the header.
+RELAY_HEADER_LIMIT = 256 * 1024
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -65,14 +79,20 @@ class RuntimeSettings:
     refresh_path: str = "/api/auth/token/refresh"
     #: what carries the Kimi calls: "aiohttp" (HTTP/1.1, C parser) or "httpx" (httpcore, HTTP/2)
     http_client: str = "aiohttp"
+    #: the largest request body, before and after gzip/deflate decoding
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES
     #: TLS verification for Kimi: True, False, or a CA bundle path (tests, the demo's fake)
     verify: bool | str | ssl.SSLContext = True
     config: Config = field(default_factory=Config)
 
 
 class Runtime:
-    def __init__(self, settings: RuntimeSettings) -> None:
+    def __init__(
+        self, settings: RuntimeSettings, *, credentials: CredentialVault | None = None
+    ) -> None:
         self.settings = settings
+        #: client credentials the addon took out of flows, by handle (addon/_credentials.py)
+        self.credentials = credentials if credentials is not None else CredentialVault()
         self.secret = secrets.token_urlsafe(32)
         self.base_url = ""
         self.ready = asyncio.Event()
@@ -204,13 +224,23 @@ class Runtime:
                     accounts_configured=lambda: bool(self.config.accounts),
                 )
             ],
+            credentials=self.credentials,
+            max_request_bytes=s.max_request_bytes,
         )
         # handler_cancellation: a client that hangs up cancels its handler, which stops the
         # Kimi stream at once and hands the conversation to the keeper for deletion.
         # shutdown_timeout: replies still running at shutdown get 2 s, then are cancelled (their
         # conversations are deleted with the rest): a stop must finish within its bound.
+        # auto_decompress off: addon/_body.py inflates request bodies within the size limit.
         self._runner = web.AppRunner(
-            app, handler_cancellation=True, access_log=None, shutdown_timeout=2.0
+            app,
+            handler_cancellation=True,
+            access_log=None,
+            shutdown_timeout=2.0,
+            auto_decompress=False,
+            max_line_size=RELAY_HEADER_LIMIT,
+            max_field_size=RELAY_HEADER_LIMIT,
+            max_headers=512,
         )
         await self._runner.setup()
         site = web.TCPSite(self._runner, "127.0.0.1", 0)

@@ -21,7 +21,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "listen_modes", "main"]
 
 LOG_LEVELS = ("debug", "info", "warn", "error")
 
@@ -95,6 +95,20 @@ def _add_serve_flags(p: argparse.ArgumentParser) -> None:
         "api.openai.com through Kimi (INTERCEPT_PORT; default off)",
     )
     p.add_argument(
+        "--intercept-host",
+        default=_env("INTERCEPT_HOST", "127.0.0.1"),
+        help="address the interception proxy listens on (INTERCEPT_HOST; default 127.0.0.1: "
+        "a regular proxy forwards to any public host, so it is not opened to the network "
+        "unless you say so)",
+    )
+    p.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=_env("MAX_REQUEST_BYTES", str(64 * 1024 * 1024)),
+        help="largest request body, before and after gzip/deflate decoding "
+        "(MAX_REQUEST_BYTES; default 67108864 = 64 MiB)",
+    )
+    p.add_argument(
         "--log-level",
         choices=LOG_LEVELS,
         default=_env("LOG_LEVEL", "info"),
@@ -147,6 +161,18 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def listen_modes(args: argparse.Namespace, base_url: str) -> list[str]:
+    """mitmproxy's modes: the reverse proxy on --host/--port, and the interception proxy on
+    --intercept-host (loopback unless told otherwise) / --intercept-port."""
+    modes = [f"reverse:{base_url}@{args.port}"]
+    if args.intercept_port:
+        host = args.intercept_host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"  # an IPv6 address, bracketed before the port
+        modes.append(f"regular@{host}:{args.intercept_port}")
+    return modes
+
+
 async def serve(args: argparse.Namespace, *, demo: bool = False) -> None:
     from mitmproxy import options
     from mitmproxy.tools.dump import DumpMaster
@@ -165,9 +191,7 @@ async def serve(args: argparse.Namespace, *, demo: bool = False) -> None:
         base_url = await fake.start()
         dialect = "legacy" if dialect == "auto" else dialect
         store = str(Path(tempfile.mkdtemp(prefix="kimi-free-api-demo-")) / "accounts.sqlite3")
-    modes = [f"reverse:{base_url}@{args.port}"]
-    if args.intercept_port:
-        modes.append(f"regular@{args.intercept_port}")
+    modes = listen_modes(args, base_url)
     opts = options.Options(listen_host=args.host, mode=modes)
     master = DumpMaster(opts, with_termlog=True, with_dumper=False)
     if args.log_format == "json":
@@ -185,6 +209,7 @@ async def serve(args: argparse.Namespace, *, demo: bool = False) -> None:
         conversation_ttl=args.conversation_ttl,
         allow_private_urls=args.allow_private_urls,
         kimi_ca_file=args.kimi_ca_file,
+        max_request_bytes=args.max_request_bytes,
         connection_strategy="lazy",
     )
     if args.config:

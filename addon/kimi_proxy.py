@@ -9,7 +9,12 @@ Modes:
 - reverse (`--mode reverse:<kimi base url>`): every request is ours.
 - regular (`--mode regular`, clients set HTTPS_PROXY and trust mitmproxy's CA): requests to the
   `intercept_hosts` (api.openai.com by default) are answered through Kimi; other hosts pass
-  through untouched.
+  through untouched, except loopback, private and link-local destinations (unless
+  `allow_private_urls`): a proxy reachable from the LAN must not be a door to them.
+
+Host names are compared normalised (addon/_hosts.py), so `api.openai.com.` is intercepted too.
+Client credentials never stay in a flow (addon/_credentials.py), and mitmproxy's own error pages
+are OpenAI JSON (addon/_mitm_errors.py).
 """
 
 from __future__ import annotations
@@ -34,7 +39,17 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.connection import Server
 from mitmproxy.proxy import mode_specs, server_hooks
 
+from addon import _mitm_errors
+from addon._body import DEFAULT_MAX_REQUEST_BYTES
 from addon._config import Config, ConfigError, load_config
+from addon._credentials import (
+    CREDENTIAL_HANDLE_HEADER,
+    CREDENTIAL_HEADERS,
+    CredentialVault,
+    HeldBody,
+)
+from addon._fetch import refusal_reason, system_resolver
+from addon._hosts import normalise_host, normalise_hosts
 from addon._ratelimit import CLIENT_ADDRESS_HEADER
 from addon._reload import ConfigReloader
 from addon._runtime import RELAY_SECRET_HEADER, Runtime, RuntimeSettings
@@ -49,10 +64,66 @@ METADATA_KEY = "kimi_free_api"
 #: where the client sent a request (scheme, host, port), shown instead of the loopback relay
 CLIENT_TARGET_KEY = "kimi_free_api_client_target"
 
+#: flow.metadata key of the vault handle for this flow's credentials (opaque, single use)
+HANDLE_KEY = "kimi_free_api_handle"
 
-def _error_body(status: int, message: str, code: str) -> bytes:
-    error = {"message": message, "type": "server_error", "param": None, "code": code}
+#: Request header limits, checked before the relay sees the request: one header (name and
+#: value) of at most 32 KiB (`Authorization: Bearer T1,…,T20` with twenty real tokens is about
+#: 9 KB), 64 KiB of headers in all, at most 100 headers, and a URL of at most 16 KiB.
+MAX_HEADER_BYTES = 32 * 1024
+MAX_HEADERS_BYTES = 64 * 1024
+MAX_HEADER_COUNT = 100
+MAX_URL_BYTES = 16 * 1024
+_FORBIDDEN_IN_HEADERS = (b"\x00", b"\r", b"\n")
+
+
+def _error_body(status: int, message: str, code: str, type_: str = "server_error") -> bytes:
+    error = {"message": message, "type": type_, "param": None, "code": code}
     return json.dumps({"error": error}).encode()
+
+
+def _json_error(status: int, message: str, code: str, type_: str) -> http.Response:
+    return http.Response.make(
+        status, _error_body(status, message, code, type_), {"content-type": "application/json"}
+    )
+
+
+def header_problem(
+    request: http.Request, *, extra: Sequence[tuple[str, str]] = ()
+) -> tuple[int, str, str] | None:
+    """(status, message, code) when the request's head is beyond the relay's limits (`extra`:
+    headers already taken out of it). The message never quotes a header: a header that is too
+    large may well hold a token."""
+    if len(request.path.encode("utf-8", "surrogateescape")) > MAX_URL_BYTES:
+        return 414, f"the request URL is longer than {MAX_URL_BYTES} bytes", "url_too_long"
+    fields = [
+        *request.headers.fields,
+        *(
+            (n.encode("utf-8", "surrogateescape"), v.encode("utf-8", "surrogateescape"))
+            for n, v in extra
+        ),
+    ]
+    if len(fields) > MAX_HEADER_COUNT:
+        return 431, f"the request has more than {MAX_HEADER_COUNT} headers", "too_many_headers"
+    total = 0
+    for name, value in fields:
+        size = len(name) + len(value)
+        total += size
+        if size > MAX_HEADER_BYTES:
+            return (
+                431,
+                f"a request header is larger than {MAX_HEADER_BYTES} bytes",
+                "header_too_large",
+            )
+        if any(c in name or c in value for c in _FORBIDDEN_IN_HEADERS):
+            return 400, "a request header contains a NUL, CR or LF character", "invalid_header"
+    if total > MAX_HEADERS_BYTES:
+        return (
+            431,
+            f"the request headers are larger than {MAX_HEADERS_BYTES} bytes in all",
+            "headers_too_large",
+        )
+    return None
 
 
 def parse_base_url(value: str) -> str:
@@ -72,6 +143,7 @@ class KimiProxy:
         self.base_url = "https://kimi.moonshot.cn"
         self.intercept_hosts: frozenset[str] = frozenset({"api.openai.com"})
         self.upstream_flows: UpstreamFlows | None = None
+        self.credentials = CredentialVault()
 
     # -- options --------------------------------------------------------------------------------
 
@@ -140,7 +212,15 @@ class KimiProxy:
             "allow_private_urls",
             bool,
             False,
-            "Allow file/image URLs that resolve to loopback or private addresses.",
+            "Allow file/image URLs, and pass-through destinations in regular proxy mode, that "
+            "resolve to loopback, private or link-local addresses.",
+        )
+        loader.add_option(
+            "max_request_bytes",
+            int,
+            DEFAULT_MAX_REQUEST_BYTES,
+            "Largest request body the API accepts, before and after gzip/deflate decoding "
+            "(413 above it).",
         )
         loader.add_option(
             "max_file_bytes", int, 100 * 1024 * 1024, "Largest file or image a client may send."
@@ -196,6 +276,8 @@ class KimiProxy:
         )
         # Offline interception must not connect to api.openai.com before our hook ran.
         ctx.options.update(connection_strategy="lazy")
+        # mitmproxy's own error answers (unparsable requests, refused connections) as JSON.
+        _mitm_errors.install()
 
     def configure(self, updated: set[str]) -> None:
         opts = ctx.options
@@ -235,11 +317,12 @@ class KimiProxy:
             "keepalive_interval",
             "stall_timeout",
             "file_parse_timeout",
+            "max_request_bytes",
         ):
             if name in updated and getattr(opts, name) < 1:
                 raise exceptions.OptionsError(f"{name} must be >= 1")
         if "intercept_hosts" in updated:
-            self.intercept_hosts = frozenset(h.lower() for h in opts.intercept_hosts if h)
+            self.intercept_hosts = normalise_hosts(list(opts.intercept_hosts))
         if {"record_upstream", "show_upstream"} & updated and self.relay_address is not None:
             self._record_upstream()  # changed while running (e.g. in mitmweb's options)
         if "kimi_config" in updated and opts.kimi_config:
@@ -283,6 +366,7 @@ class KimiProxy:
             stall_timeout=float(opts.stall_timeout),
             refresh_path=opts.refresh_path,
             http_client=opts.kimi_http_client,
+            max_request_bytes=opts.max_request_bytes,
             verify=ctx.options.kimi_ca_file or self.verify,
             config=self.config,
         )
@@ -294,7 +378,7 @@ class KimiProxy:
         # httpx logs every request URL at INFO: too chatty for one line per completion, and
         # pre-signed upload URLs carry signatures.
         logging.getLogger("httpx").setLevel(logging.WARNING)
-        self.runtime = Runtime(self._settings())
+        self.runtime = Runtime(self._settings(), credentials=self.credentials)
         asyncio.get_running_loop().create_task(self._start())
 
     async def _start(self) -> None:
@@ -355,7 +439,54 @@ class KimiProxy:
     def _serves(self, flow: http.HTTPFlow) -> bool:
         if isinstance(flow.client_conn.proxy_mode, mode_specs.ReverseMode):
             return True
-        return flow.request.pretty_host.lower() in self.intercept_hosts
+        # Both the Host header and the connection's target: either one naming an intercepted
+        # host makes the request ours (the guard refuses to dial it in any case).
+        names = (flow.request.pretty_host, flow.request.host)
+        return any(normalise_host(name) in self.intercept_hosts for name in names)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Move the client's credentials out of the flow before anything shows or stores it
+        (mitmweb's view adds the flow right after this hook)."""
+        if flow.response or flow.error or not flow.live:
+            return
+        try:
+            if not self._serves(flow):
+                return
+            headers = flow.request.headers
+            headers.pop(CREDENTIAL_HANDLE_HEADER, None)  # only ours may name a handle
+            found = [
+                (name.lower(), value)
+                for name, value in headers.items(multi=True)
+                if name.lower() in CREDENTIAL_HEADERS
+            ]
+            for name in CREDENTIAL_HEADERS:
+                headers.pop(name, None)
+            problem = header_problem(flow.request, extra=found)
+            if problem is not None:
+                # Refused (and the credential dropped) before the flow is shown or kept.
+                status, message, code = problem
+                flow.response = _json_error(status, message, code, "invalid_request_error")
+                return
+            if found:
+                flow.metadata[HANDLE_KEY] = self.credentials.put(found)
+        except Exception as exc:
+            log.error("kimi-free-api requestheaders hook failed: %s", type(exc).__name__)
+            flow.response = _json_error(
+                500, "kimi-free-api failed to route the request", "proxy_error", "server_error"
+            )
+
+    def _hold_token_body(self, flow: http.HTTPFlow) -> None:
+        """`/token/check` carries a token in its body: keep the body in the vault and leave a
+        placeholder in the flow."""
+        if not flow.request.path.split("?", 1)[0].rstrip("/").endswith("/token/check"):
+            return
+        handle = flow.metadata.get(HANDLE_KEY)
+        if not isinstance(handle, str):
+            handle = flow.metadata[HANDLE_KEY] = self.credentials.put(())
+        raw = flow.request.raw_content or b""
+        encoding = flow.request.headers.pop("content-encoding", "identity")
+        self.credentials.hold_body(handle, HeldBody(raw=raw, content_encoding=encoding))
+        flow.request.content = b'{"token": "(held by kimi-free-api)"}'
 
     async def request(self, flow: http.HTTPFlow) -> None:
         if flow.response or flow.error or not flow.live:
@@ -363,11 +494,18 @@ class KimiProxy:
         try:
             if not self._serves(flow):
                 return
+            problem = header_problem(flow.request)
+            if problem is not None:
+                status, message, code = problem
+                self._forget(flow)
+                flow.response = _json_error(status, message, code, "invalid_request_error")
+                return
             runtime = self.runtime
             if runtime is None:
                 raise RuntimeError("the addon is not running")
             await asyncio.wait_for(runtime.ready.wait(), 30)
             assert self.relay_address is not None
+            self._hold_token_body(flow)
             host, port = self.relay_address
             flow.metadata[CLIENT_TARGET_KEY] = _client_target(flow)
             flow.request.scheme = "http"
@@ -377,20 +515,31 @@ class KimiProxy:
             # The relay sees only loopback; it rate-limits by this (never the client's own value).
             peer = flow.client_conn.peername
             flow.request.headers[CLIENT_ADDRESS_HEADER] = str(peer[0]) if peer else "-"
+            handle = flow.metadata.get(HANDLE_KEY)
+            if isinstance(handle, str):
+                flow.request.headers[CREDENTIAL_HANDLE_HEADER] = handle
             flow.metadata[METADATA_KEY] = True
         except Exception as exc:
             log.error("kimi-free-api request hook failed: %s", type(exc).__name__)
-            flow.response = http.Response.make(
-                500,
-                _error_body(500, "kimi-free-api failed to route the request", "proxy_error"),
-                {"content-type": "application/json"},
+            self._forget(flow)
+            flow.response = _json_error(
+                500, "kimi-free-api failed to route the request", "proxy_error", "server_error"
             )
+
+    def _forget(self, flow: http.HTTPFlow) -> None:
+        """Spend the flow's handle and take the relay's headers out of the flow, whatever
+        happened to it, so neither the vault nor a `-w` capture keeps anything."""
+        handle = flow.metadata.get(HANDLE_KEY)
+        if isinstance(handle, str):
+            self.credentials.discard(handle)
+        flow.request.headers.pop(RELAY_SECRET_HEADER, None)
+        flow.request.headers.pop(CREDENTIAL_HANDLE_HEADER, None)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         try:
             if not flow.metadata.get(METADATA_KEY) or flow.response is None:
                 return
-            flow.request.headers.pop(RELAY_SECRET_HEADER, None)
+            self._forget(flow)
             target = flow.metadata.get(CLIENT_TARGET_KEY)
             if target:
                 # The request has been sent: show what the client called, not the relay.
@@ -405,19 +554,52 @@ class KimiProxy:
         except Exception as exc:
             log.error("kimi-free-api responseheaders hook failed: %s", type(exc).__name__)
 
-    def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
+    def response(self, flow: http.HTTPFlow) -> None:
+        try:
+            if HANDLE_KEY in flow.metadata or flow.metadata.get(METADATA_KEY):
+                self._forget(flow)
+        except Exception as exc:
+            log.error("kimi-free-api response hook failed: %s", type(exc).__name__)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        try:
+            if HANDLE_KEY in flow.metadata or flow.metadata.get(METADATA_KEY):
+                self._forget(flow)
+        except Exception as exc:
+            log.error("kimi-free-api error hook failed: %s", type(exc).__name__)
+
+    async def server_connect(self, data: server_hooks.ServerConnectionHookData) -> None:
         """The last line of defence: whatever happened in the hooks, mitmproxy may only dial our
-        relay in reverse mode, and never an intercepted host (api.openai.com) in any mode."""
+        relay in reverse mode, never an intercepted host (api.openai.com) in any mode, and in
+        the other modes no loopback, private or link-local address unless allow_private_urls."""
         try:
             address = data.server.address
             if address is None:
                 return
-            host = str(address[0]).lower()
-            if self.relay_address is not None and tuple(address) == self.relay_address:
+            host = normalise_host(str(address[0]))
+            port = int(address[1])
+            if self.relay_address is not None and (host, port) == self.relay_address:
                 return
             reverse = isinstance(data.client.proxy_mode, mode_specs.ReverseMode)
             if reverse or host in self.intercept_hosts:
-                data.server.error = f"kimi-free-api refuses to connect to {host}"
+                _refuse(data.server, f"{_mitm_errors.GUARD_PREFIX} to connect to {host}")
+                return
+            if ctx.options.allow_private_urls:
+                return
+            addresses = await asyncio.wait_for(system_resolver(host, port), 10)
+            for ip in addresses:
+                reason = refusal_reason(ip)
+                if reason is not None:
+                    _refuse(
+                        data.server,
+                        f"{_mitm_errors.GUARD_PREFIX} to connect to {host[:100]}: {reason} "
+                        "address (allow_private_urls is off)",
+                    )
+                    return
+            if not addresses:
+                raise OSError("no address")
+            # Dial the address just checked: a second lookup could answer differently.
+            data.server.address = (addresses[0], port)
         except Exception as exc:
             _refuse(data.server, f"kimi-free-api guard failed: {type(exc).__name__}")
 

@@ -65,7 +65,9 @@ async def test_other_hosts_are_not_answered_and_intercepted_hosts_never_dialled(
             proxy_mode=mode_specs.ProxyMode.parse("regular"),
         )
         server = connection.Server(address=("api.openai.com", 443))
-        addon.server_connect(server_hooks.ServerConnectionHookData(server=server, client=client))
+        await addon.server_connect(
+            server_hooks.ServerConnectionHookData(server=server, client=client)
+        )
         assert server.error
         assert "refuses" in server.error
         # In reverse mode only the relay may be dialled.
@@ -76,12 +78,12 @@ async def test_other_hosts_are_not_answered_and_intercepted_hosts_never_dialled(
             proxy_mode=mode_specs.ProxyMode.parse(f"reverse:{fake.base_url}"),
         )
         elsewhere = connection.Server(address=("example.com", 443))
-        addon.server_connect(
+        await addon.server_connect(
             server_hooks.ServerConnectionHookData(server=elsewhere, client=reverse_client)
         )
         assert elsewhere.error
         relay = connection.Server(address=addon.relay_address)
-        addon.server_connect(
+        await addon.server_connect(
             server_hooks.ServerConnectionHookData(server=relay, client=reverse_client)
         )
         assert relay.error is None

@@ -317,7 +317,9 @@ def build_app(
         app.router.add_post(prefix + "/responses", create_response)
         app.router.add_get(prefix + "/responses/{id}", get_response)
         app.router.add_delete(prefix + "/responses/{id}", delete_response)
-    add_messages_routes(app, chat=chat, pool=pool, stats_key=STATS)
+    add_messages_routes(
+        app, chat=chat, pool=pool, stats_key=STATS, max_request_bytes=max_request_bytes
+    )
     app.router.add_route("HEAD", "/", warm_up)
     app.router.add_get("/v1/accounts", accounts)
     app.router.add_post("/token/check", token_check)

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from translator import LocalProtocolError, TranslatorError
+from translator import LocalProtocolError
 
 from ._credentials import HELD_BODY
 
@@ -32,11 +32,8 @@ _CHUNK = 64 * 1024
 _ENCODINGS = frozenset({"gzip", "x-gzip", "deflate"})
 
 
-class BodyError(TranslatorError):
+class BodyError(LocalProtocolError):
     """A request body refused before it is parsed (too large, unknown or broken encoding)."""
-
-    default_status = 400
-    default_type = "invalid_request_error"
 
 
 def _too_large(limit: int) -> BodyError:

@@ -14,7 +14,6 @@ and not needed. Errors use Anthropic's shape (`translator/_anthropic_errors.py`)
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import math
 from collections.abc import Sequence
@@ -35,6 +34,7 @@ from translator import (
 )
 
 from ._accounts import AccessDenied, AccountPool
+from ._body import DEFAULT_MAX_REQUEST_BYTES, read_json
 from ._chat import ChatService, ChatStats
 from ._reply import SSE_HEADERS, json_response
 
@@ -142,13 +142,9 @@ class MessagesReply:
             self._events.clear()
 
 
-async def _read_json(request: web.Request) -> Any:
-    try:
-        return json.loads(await request.read())
-    except ValueError:
-        raise LocalProtocolError(
-            "the request body is not valid JSON", code="invalid_json"
-        ) from None
+async def _read_json(request: web.Request, limit: int) -> Any:
+    # Bounded, decompressed within the limit, strict (no NaN, no crash on deep nesting).
+    return await read_json(request, limit=limit)
 
 
 def add_messages_routes(
@@ -157,13 +153,14 @@ def add_messages_routes(
     chat: ChatService,
     pool: AccountPool,
     stats_key: web.RequestKey[ChatStats],
+    max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
 ) -> None:
     """Register the Messages routes (before the catch-all 404)."""
 
     async def messages(request: web.Request) -> web.StreamResponse:
         stats = request[stats_key]
         try:
-            call = translate_messages(await _read_json(request))
+            call = translate_messages(await _read_json(request, max_request_bytes))
             # The same estimate count_tokens gives, on the whole prompt we would send.
             input_tokens = estimate_tokens(plan_chat(call.chat).prompt)
         except LocalProtocolError as err:
@@ -182,7 +179,7 @@ def add_messages_routes(
 
     async def count_tokens(request: web.Request) -> web.StreamResponse:
         try:
-            call = translate_messages(await _read_json(request), count_only=True)
+            call = translate_messages(await _read_json(request, max_request_bytes), count_only=True)
             pool.resolve(anthropic_credentials(request))
             tokens = estimate_tokens(plan_chat(call.chat).prompt)
         except (LocalProtocolError, AccessDenied) as err:

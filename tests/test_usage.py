@@ -50,3 +50,12 @@ def test_usage_for():
         "completion_tokens": 2,
         "total_tokens": 4,
     }
+
+
+@given(st.text())
+def test_estimate_skips_ascii_runs_but_weighs_every_character(text):
+    from translator._usage import token_weight as _weight
+
+    assert estimate_tokens(text) == -(-sum(_weight(ord(ch)) for ch in text) // 12)
+    mixed = text + "x" * 1000 + "中"
+    assert estimate_tokens(mixed) == -(-sum(_weight(ord(ch)) for ch in mixed) // 12)

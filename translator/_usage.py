@@ -18,6 +18,7 @@ folded completion, which is what a client budgeting tokens needs.
 
 from __future__ import annotations
 
+import re
 from typing import Final
 
 __all__ = ["estimate_tokens", "token_weight", "usage_for"]
@@ -53,10 +54,18 @@ def token_weight(cp: int) -> int:
     return _OTHER
 
 
+_ASCII_RUNS: Final = re.compile(r"[\x00-\x7f]+")
+
+
 def estimate_tokens(text: str) -> int:
     """The estimated number of tokens in `text` (see the module doc for the heuristic)."""
-    # ASCII is the common case: no loop in Python for it.
-    twelfths = _ASCII * len(text) if text.isascii() else sum(token_weight(ord(ch)) for ch in text)
+    # ASCII is the common case: no loop in Python for it, also not in a mostly-ASCII text with
+    # a few other characters (a 600 KB history took 0.9 s when every character was weighed).
+    if text.isascii():
+        twelfths = _ASCII * len(text)
+    else:
+        rest = _ASCII_RUNS.sub("", text)
+        twelfths = _ASCII * (len(text) - len(rest)) + sum(token_weight(ord(ch)) for ch in rest)
     return -(-twelfths // 12)
 
 

@@ -102,6 +102,10 @@ class RateLimited(TransientFailure):
     """Kimi throttled this account (429, `resource_exhausted`, quota): cool it down."""
 
 
+def _printable_ascii(text: str) -> bool:
+    return text.isascii() and text.isprintable()
+
+
 class AccessDenied(TranslatorError):
     """The client's credentials are missing, invalid, or not allowed here (401 / 403)."""
 
@@ -227,6 +231,11 @@ class AccountPool:
                 f"{MAX_TOKENS_PER_HEADER} comma-separated tokens or keys are accepted",
                 status=400,
                 code="too_many_tokens",
+            )
+        if not all(_printable_ascii(part) for part in parts):
+            # No Kimi token or API key has other characters, and they cannot go in a header.
+            raise AccessDenied(
+                "invalid API key: tokens and keys are printable ASCII", code="invalid_api_key"
             )
         now = self._clock()
         found: dict[str, Account] = {}

@@ -33,6 +33,7 @@ from ._kimi import call_counter
 from ._messages import add_messages_routes
 from ._metrics import Metrics, RequestRecord, endpoint_of
 from ._model_catalog import ModelCatalogs
+from ._openapi import openapi_bytes
 from ._ratelimit import CLIENT_ADDRESS_HEADER, RateLimiter
 from ._reply import JsonReply, Reply, SseReply, error_response, json_response
 from ._responses import ResponsesService
@@ -243,6 +244,9 @@ def build_app(
     async def ping(request: web.Request) -> web.StreamResponse:
         return web.Response(text="pong")
 
+    async def openapi(request: web.Request) -> web.StreamResponse:
+        return web.Response(body=openapi_bytes(), content_type="application/json")
+
     # Each check may refresh at Kimi and add a store row: 10 at once per client, then 1 per 6 s.
     check_limit = token_check_limit or RateLimiter(burst=10, per=6.0, clock=time.monotonic)
 
@@ -324,6 +328,7 @@ def build_app(
     app.router.add_get("/v1/accounts", accounts)
     app.router.add_post("/token/check", token_check)
     app.router.add_get("/ping", ping)
+    app.router.add_get("/openapi.json", openapi)
     for add_routes in routes:
         add_routes(app)
     app.router.add_route("*", "/{tail:.*}", not_found)

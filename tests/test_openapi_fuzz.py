@@ -110,6 +110,8 @@ def test_served_document_is_the_bundled_one_and_covers_every_route(live_proxy):
         "/v1/chat/completions",
         "/v1/models",
         "/v1/models/{model_id}",
+        "/v1/responses",
+        "/v1/responses/{response_id}",
         "/v1/messages",
         "/v1/messages/count_tokens",
         "/token/check",

@@ -1,11 +1,11 @@
 """The OpenAPI document of the proxy's own HTTP API, served at `/openapi.json`.
 
-`addon/openapi.json` is written by hand and names the project's JSON Schemas by path
-(`{"$ref": "../schemas/openai/chat-completion-request.json"}`), so the API description and the
-schemas the tests validate against cannot drift apart. Served, the document is self-contained:
-each referenced schema file is bundled under `components/schemas`, its `$defs` hoisted next to
-it (`openai_chat-completion-request__assistantMessage`) and its internal `$ref`s rewritten to
-match, because a client resolving `../schemas/...` against the proxy's URL would find nothing.
+`addon/openapi.json` is written by hand and names the project's JSON Schemas by their name in
+`schemas.SCHEMA_NAMES` (`{"$ref": "schemas:openai.request.accepted"}`), so the API description
+and the schemas the tests validate against cannot drift apart. Served, the document is
+self-contained: each named schema is bundled under `components/schemas`, its `$defs` hoisted
+next to it (`openai.request.accepted__assistantMessage`) and its internal `$ref`s rewritten to
+match.
 """
 
 from __future__ import annotations
@@ -15,21 +15,17 @@ import json
 from importlib import resources
 from typing import Any
 
+from schemas import load_schema
+
 __all__ = ["openapi_bytes", "openapi_document"]
 
-_SCHEMA_PREFIX = "../schemas/"
+_SCHEMA_PREFIX = "schemas:"
 _COMPONENTS = "#/components/schemas/"
 
 
-def _component_name(path: str) -> str:
-    """`openai/chat-completion-request.json` → `openai_chat-completion-request`."""
-    return path.removesuffix(".json").replace("/", "_")
-
-
-def _load_schema(path: str) -> dict[str, Any]:
-    package, _, name = path.partition("/")
-    text = resources.files("schemas").joinpath(package, name).read_text(encoding="utf-8")
-    schema: dict[str, Any] = json.loads(text)
+def _load_schema(name: str) -> dict[str, Any]:
+    # A copy: the bundler takes the schema apart.
+    schema: dict[str, Any] = json.loads(json.dumps(load_schema(name)))
     return schema
 
 
@@ -37,12 +33,12 @@ class _Bundler:
     def __init__(self) -> None:
         self.components: dict[str, Any] = {}
 
-    def reference(self, path: str) -> str:
-        """The internal ref for schema file `path` (under schemas/), bundling it once."""
-        name = _component_name(path)
+    def reference(self, name: str) -> str:
+        """The internal ref for the schema called `name` (schemas.SCHEMA_NAMES), bundling it
+        once."""
         if name not in self.components:
             self.components[name] = {}  # placeholder: a schema may refer to itself
-            schema = _load_schema(path)
+            schema = _load_schema(name)
             defs = schema.pop("$defs", {})
             for key in ("$schema", "$id"):
                 schema.pop(key, None)

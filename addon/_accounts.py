@@ -425,23 +425,27 @@ class AccountPool:
         return sum(self._in_flight.values())
 
     def health_counts(self) -> dict[str, int]:
-        """Accounts by effective health (a cooling account whose rest is over counts as ok)."""
+        """Accounts by effective health (a cooling account whose rest is over counts as ok; a
+        disabled one as `disabled`)."""
         now = self._clock()
         counts: dict[str, int] = {}
         for view in self.store.list_accounts():
-            health = view.health
-            if health == "cooling" and (view.cooling_until or 0.0) <= now:
+            health: str = view.health
+            if view.disabled:
+                health = "disabled"
+            elif health == "cooling" and (view.cooling_until or 0.0) <= now:
                 health = "ok"
             counts[health] = counts.get(health, 0) + 1
         return counts
 
     def usable_count(self, *, source: str = "config") -> int:
-        """Accounts of `source` that a request could use now (neither dead nor cooling)."""
+        """Accounts of `source` that a request could use now (not dead, cooling or disabled)."""
         now = self._clock()
         return sum(
             1
             for view in self.store.list_accounts()
             if view.source == source
+            and not view.disabled
             and view.health != "dead"
             and (view.cooling_until or 0.0) <= now
         )

@@ -175,10 +175,10 @@ class _PoolCollector:
         accounts = GaugeMetricFamily(
             "kimi_free_api_accounts",
             "Accounts in the store by health (ok, cooling: resting after a rate limit, dead: "
-            "Kimi rejected the token).",
+            "Kimi rejected the token, disabled: turned off on the admin page).",
             labels=("health",),
         )
-        for health in ("ok", "cooling", "dead"):
+        for health in ("ok", "cooling", "dead", "disabled"):
             accounts.add_metric((health,), counts.get(health, 0))
         yield accounts
         yield GaugeMetricFamily(

@@ -225,6 +225,12 @@ async def test_every_account_disabled_is_a_clear_503(tmp_path):
         resp = await client.chat(TEAM_KEY)
         assert resp.status_code == 503
         assert resp.json()["error"]["code"] == "accounts_disabled"
+        # not ready: the only configured account is off; the gauge says why
+        assert (await client.request("GET", "/readyz")).status_code == 503
+        metrics = (await client.request("GET", "/metrics")).text
+        assert 'kimi_free_api_accounts{health="disabled"} 1.0' in metrics
+        await client.admin("POST", f"/accounts/{alice}/enable")
+        assert (await client.request("GET", "/readyz")).status_code == 200
 
 
 async def test_the_admin_page_is_off_without_an_admin_key(tmp_path):

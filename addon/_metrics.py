@@ -213,7 +213,9 @@ def add_health_routes(
             problems.append(f"the store is not writable: {type(exc).__name__}")
         else:
             if accounts_configured() and pool.usable_count() == 0:
-                problems.append("no configured account is usable (all dead or cooling down)")
+                problems.append(
+                    "no configured account is usable (all dead, cooling down or disabled)"
+                )
         if problems:
             return json_response({"status": "unavailable", "problems": problems}, 503)
         return json_response({"status": "ready"})

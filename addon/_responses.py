@@ -214,8 +214,14 @@ class ResponsesService:
             return ResponsesEncoder(response_id=response_id, created_at=created_at, echo=plan.echo)
 
         def on_done(response: dict[str, Any], where: _Conversation) -> None:
-            if plan.store:
+            if not plan.store:
+                return
+            try:
                 self._save(plan, response, where, previous_id)
+            except Exception as exc:
+                # The answer itself is good: it still goes out, only a later
+                # previous_response_id / GET will not find it.
+                log.warning("could not store response %s: %s", response["id"], type(exc).__name__)
 
         kw: dict[str, Any] = {
             "new_encoder": new_encoder,

@@ -503,3 +503,19 @@ async def test_search_results_become_url_citations(fake, dialect, proxy):
     added = [e for e in events if e["type"] == "response.output_text.annotation.added"]
     assert len(added) == 2
     assert fold_response(events)["output"][0]["content"][0] == part
+
+
+async def test_a_store_failure_does_not_cost_the_answer(fake, dialect, proxy, monkeypatch):
+    runtime = proxy.addon.runtime
+    assert runtime is not None
+    assert runtime.store is not None
+
+    def broken(_stored) -> None:
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(runtime.store, "save_response", broken)
+    async with sdk(proxy) as client:
+        answered = await client.responses.create(model="kimi", input="keep going")
+        assert answered.output_text == "Echo: keep going"
+        with pytest.raises(openai.NotFoundError):
+            await client.responses.retrieve(answered.id)

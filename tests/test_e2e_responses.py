@@ -519,3 +519,28 @@ async def test_a_store_failure_does_not_cost_the_answer(fake, dialect, proxy, mo
         assert answered.output_text == "Echo: keep going"
         with pytest.raises(openai.NotFoundError):
             await client.responses.retrieve(answered.id)
+
+
+async def test_raw_get_and_delete_bodies(fake, dialect, proxy):
+    headers = {"authorization": f"Bearer {TOKEN}"}
+    async with httpx.AsyncClient(base_url=proxy.url, headers=headers, timeout=30) as http:
+        created = (await http.post("/v1/responses", json={"model": "kimi", "input": "hi"})).json()
+        got = await http.get(f"/v1/responses/{created['id']}")
+        assert got.status_code == 200
+        assert valid_response(got.json()) == created
+        deleted = await http.delete(f"/v1/responses/{created['id']}")
+        assert deleted.status_code == 200
+        assert_valid("openai.responses.deleted", deleted.json())
+        assert deleted.json() == {"id": created["id"], "object": "response", "deleted": True}
+        for gone in (
+            await http.delete(f"/v1/responses/{created['id']}"),
+            await http.get("/v1/responses/resp_never"),
+        ):
+            assert gone.status_code == 404
+            assert_valid("openai.error", gone.json())
+            assert gone.json()["error"]["code"] == "response_not_found"
+        unauthenticated = await http.get(
+            f"/v1/responses/{created['id']}", headers={"authorization": ""}
+        )
+        assert unauthenticated.status_code == 401
+        assert_valid("openai.error", unauthenticated.json())

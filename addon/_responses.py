@@ -276,11 +276,7 @@ class ResponsesService:
         # Kimi's copy of the conversation went on past this response (the client
         # branches): posting there would answer with turns the client left behind. The
         # branch starts a new Kimi chat with the history up to `previous` instead.
-        new_input = body["input"]
-        if isinstance(new_input, str):
-            new_input = [{"type": "message", "role": "user", "content": new_input}]
-        branched = {**body, "input": [*self._history(previous), *new_input]}
-        return plan_responses(branched, continues=previous.id)
+        return plan_responses(body, continues=previous.id, history=self._history(previous))
 
     def _history(self, previous: StoredResponse) -> list[Any]:
         """The items of the conversation up to and including `previous`: each stored

@@ -267,6 +267,50 @@ def test_an_unsafe_conversation_id_is_refused():
     assert err.param == "previous_response_id"
 
 
+def test_history_goes_first_and_its_errors_name_the_previous_response():
+    history = [
+        {
+            "type": "message",
+            "role": "user",
+            "content": [{"type": "input_image", "image_url": "ftp://old", "detail": "auto"}],
+        },
+        {
+            "type": "message",
+            "id": "msg_1",
+            "status": "completed",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "seen", "annotations": [], "logprobs": []}],
+        },
+        {"type": "reasoning", "id": "rs_1", "summary": []},
+    ]
+    result = plan_responses(
+        {
+            "model": "kimi",
+            "input": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "input_image", "image_url": "ftp://new", "detail": "auto"}
+                    ],
+                }
+            ],
+        },
+        history=history,
+        continues="resp_1",
+    )
+    assert [m["role"] for m in result.chat_request["messages"]] == ["user", "assistant", "user"]
+    assert result.input_items[:3] == tuple(history)
+    assert len(result.input_items) == 4
+    assert result.echo["previous_response_id"] == "resp_1"
+    old = LocalProtocolError("x", param="messages[0].content[0].image_url.url")
+    new = LocalProtocolError("x", param="messages[2].content[0].image_url.url")
+    assert result.rename(old).param == "previous_response_id"
+    assert result.rename(new).param == "input[0].content[0].image_url"
+    with pytest.raises(LocalProtocolError) as caught:
+        plan_chat(result.chat_request)
+    assert result.rename(caught.value).param == "previous_response_id"
+
+
 # --- refusals, named in Responses terms ------------------------------------------------------
 
 REFUSALS = [

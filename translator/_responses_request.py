@@ -43,7 +43,7 @@ passes the Kimi conversation that answered it, and only the new input is posted 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -305,7 +305,7 @@ class ResponsesPlan:
     stream: bool
     store: bool
     echo: dict[str, Any]
-    input_items: tuple[dict[str, Any], ...]
+    input_items: tuple[Any, ...]
     #: chat param prefix → the Responses param it came from, longest first
     renames: tuple[tuple[str, str], ...] = field(default=())
 
@@ -332,7 +332,11 @@ class ResponsesPlan:
 
 
 def plan_responses(
-    request: Any, *, conversation_id: str | None = None, continues: str | None = None
+    request: Any,
+    *,
+    conversation_id: str | None = None,
+    continues: str | None = None,
+    history: Sequence[Mapping[str, Any]] = (),
 ) -> ResponsesPlan:
     """Validate a Responses API request (parsed JSON) and map it onto a chat request.
 
@@ -342,6 +346,9 @@ def plan_responses(
             resolved by the caller): the Kimi conversation that answered it. Only this
             request's input is then posted, into that conversation.
         continues: the `previous_response_id` the caller resolved (echoed in the Response).
+        history: items to put before this request's input (a stored conversation replayed
+            into a new chat, when the client branches from an earlier response); they are
+            ours, already checked, and an error in them names `previous_response_id`.
 
     Raises:
         LocalProtocolError: the request is invalid or asks for what Kimi cannot do; `param`
@@ -354,9 +361,11 @@ def plan_responses(
     instructions = request.get("instructions")
     if instructions:
         builder.add({"role": "system", "content": instructions}, "instructions")
+    for item in history:
+        builder.item(item, "previous_response_id")
     raw_input = request["input"]
     if isinstance(raw_input, str):
-        items: list[dict[str, Any]] = [{"type": "message", "role": "user", "content": raw_input}]
+        items: list[Any] = [{"type": "message", "role": "user", "content": raw_input}]
         builder.add({"role": "user", "content": raw_input}, "input")
     else:
         items = list(raw_input)
@@ -375,13 +384,18 @@ def plan_responses(
         chat["conversation_id"] = check_conversation_id(conversation_id, "previous_response_id")
     _map_options(request, chat, builder.renames)
     echo = _echo(request, continues)
+    # Everything inside a replayed history item is named by the id it came from.
+    renames = [
+        (chat, "previous_response_id" if ours.startswith("previous_response_id") else ours)
+        for chat, ours in builder.renames
+    ]
     return ResponsesPlan(
         chat_request=chat,
         stream=request.get("stream") is True,
         store=request.get("store") is not False,
         echo=echo,
-        input_items=tuple(items),
-        renames=tuple(sorted(builder.renames, key=lambda r: -len(r[0]))),
+        input_items=(*history, *items),
+        renames=tuple(sorted(renames, key=lambda r: -len(r[0]))),
     )
 
 

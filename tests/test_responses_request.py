@@ -320,6 +320,7 @@ REFUSALS = [
     ({"model": 1, "input": "x"}, "model", "invalid_type"),
     ({"model": "kimi"}, "input", "missing_required_field"),
     ({"model": "kimi", "input": 3}, "input", "invalid_type"),
+    ({"model": "kimi", "input": None}, "input", "invalid_type"),
     ({"model": "kimi", "input": [{"content": "x"}]}, "input[0].type", "missing_required_field"),
     ({"model": "kimi", "input": [{"type": "nope"}]}, "input[0].type", "invalid_value"),
     ({"model": "kimi", "input": [{"type": "reasoning", "summary": []}]}, "input", "invalid_value"),
@@ -605,3 +606,14 @@ def test_the_echo_fills_in_the_function_tool_fields_the_spec_requires():
         {"type": "web_search"},
         {"type": "function", "name": "f", "strict": None, "parameters": None},
     ]
+
+
+def test_null_options_echo_their_defaults():
+    # null means absent; the Response object repeats OpenAI's defaults, never a null the spec
+    # does not allow (tool_choice is required and not nullable there)
+    result = plan_responses(
+        {"model": "kimi", "input": "x", "tool_choice": None, "tools": None, "text": None}
+    )
+    assert result.echo["tool_choice"] == "auto"
+    assert result.echo["tools"] == []
+    assert result.echo["text"] == {"format": {"type": "text"}}

@@ -247,8 +247,10 @@ _FORMAT = _tagged(
     },
 )
 
+# required and not nullable: null is refused as a value, not skipped as an absent option
+_INPUT: Final[Check] = _by_type(string=_STRING, array=_array(_check_item))
+
 _FIELDS: Final[Mapping[str, Check]] = {
-    "input": _by_type(string=_STRING, array=_array(_check_item)),
     "instructions": _STRING,
     "stream": _BOOLEAN,
     "store": _BOOLEAN,
@@ -285,7 +287,7 @@ def _check_model(value: Any, path: str) -> None:
         raise _fail(path, "must not be empty", "invalid_value")
 
 
-_REQUEST = _object({"model": _check_model, "input": _ANY}, _FIELDS)
+_REQUEST = _object({"model": _check_model, "input": _INPUT}, _FIELDS)
 
 # --- the plan ------------------------------------------------------------------------------------
 
@@ -540,7 +542,8 @@ def _echo(request: Mapping[str, Any], continues: str | None) -> dict[str, Any]:
         "model": request["model"],
         "instructions": request.get("instructions"),
         "tools": [_echo_tool(tool) for tool in request.get("tools") or ()],
-        "tool_choice": request.get("tool_choice", "auto"),
+        # null is absent: the Response object's tool_choice is never null
+        "tool_choice": request.get("tool_choice") or "auto",
         "parallel_tool_calls": request.get("parallel_tool_calls") is not False,
         "text": {"format": text.get("format") or {"type": "text"}},
         "reasoning": {

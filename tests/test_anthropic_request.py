@@ -564,6 +564,64 @@ BAD: list[tuple[Any, str, str]] = [
         request(tools=TOOLS, tool_choice={"type": "auto", "disable_parallel_tool_use": 1}),
         "tool_choice.disable_parallel_tool_use",
         "invalid_type",
+    ),  # what the chat pipeline would refuse under its own (OpenAI) names is checked here first
+    (
+        request(tools=[*TOOLS, {"name": "x", "input_schema": {"type": "nope"}}]),
+        f"tools.{len(TOOLS)}.input_schema",
+        "invalid_value",
+    ),
+    (request(tools=[*TOOLS, TOOLS[0]]), f"tools.{len(TOOLS)}.name", "invalid_value"),
+    (
+        request(tools=TOOLS, tool_choice={"type": "tool", "name": "nope"}),
+        "tool_choice.name",
+        "invalid_value",
+    ),
+    (
+        request(
+            messages=[
+                {"role": "user", "content": "a"},
+                {"role": "assistant", "content": "b"},
+                {
+                    "role": "user",
+                    "content": [{"type": "image", "source": {"type": "url", "url": "ftp://x"}}],
+                },
+            ]
+        ),
+        "messages.2.content.0.source.url",
+        "invalid_value",
+    ),
+    (
+        request(
+            system="s",
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "a"},
+                        {"type": "document", "source": {"type": "url", "url": "file:///x"}},
+                    ],
+                }
+            ],
+        ),
+        "messages.0.content.1.source.url",
+        "invalid_value",
+    ),
+    (
+        request(
+            messages=[
+                {
+                    "role": "user",
+                    "content": [
+                        {
+                            "type": "image",
+                            "source": {"type": "url", "url": "data:image/png;base64,!"},
+                        }
+                    ],
+                }
+            ]
+        ),
+        "messages.0.content.0.source.url",
+        "invalid_value",
     ),
 ]
 

@@ -64,6 +64,7 @@ from typing import Any, Final
 
 from ._dataurl import parse_data_url
 from ._errors import LocalProtocolError
+from ._json_schema import check_schema
 
 __all__ = [
     "CLAUDE_MODEL",
@@ -190,6 +191,21 @@ def _base64(source: Mapping[str, Any], path: str, media_type: str) -> str:
     return f"data:{media_type};base64,{data}"
 
 
+def _url(source: Mapping[str, Any], path: str) -> str:
+    """A source's `url`, checked here so a refused one is named in Anthropic's terms (the chat
+    pipeline would name the OpenAI part it became)."""
+    url: str = _field(source, "url", path, "string")
+    scheme = url.partition(":")[0].lower()
+    if scheme == "data":
+        try:
+            parse_data_url(url, param=f"{path}.url")
+        except LocalProtocolError as err:
+            raise _fail(f"{path}.url", err.message.removeprefix("invalid data URL: ")) from None
+    elif scheme not in ("http", "https"):
+        raise _fail(f"{path}.url", f"only http(s) and data: URLs can be read, got {scheme!r}")
+    return url
+
+
 def _image(block: Mapping[str, Any], path: str) -> dict[str, Any]:
     source = _field(block, "source", path, "object")
     path = f"{path}.source"
@@ -198,7 +214,7 @@ def _image(block: Mapping[str, Any], path: str) -> dict[str, Any]:
         media = _one_of(source.get("media_type"), f"{path}.media_type", _IMAGE_TYPES)
         url = _base64(source, path, media)
     elif kind == "url":
-        url = _field(source, "url", path, "string")
+        url = _url(source, path)
     else:
         raise _files_api(path)
     return {"type": "image_url", "image_url": {"url": url}}
@@ -224,7 +240,7 @@ def _document(block: Mapping[str, Any], path: str) -> list[dict[str, Any]]:
         data = _base64(source, path, media)
         return [{"type": "file", "file": {"file_data": data, "filename": f"{name}.pdf"}}]
     if kind == "url":
-        return [{"type": "file", "file_url": {"url": _field(source, "url", path, "string")}}]
+        return [{"type": "file", "file_url": {"url": _url(source, path)}}]
     if kind == "text":
         _one_of(source.get("media_type"), f"{path}.media_type", ("text/plain",))
         text = _field(source, "data", path, "string")
@@ -383,6 +399,7 @@ def _messages(value: Any) -> list[dict[str, Any]]:
 def _tools(value: Any) -> list[dict[str, Any]]:
     _want(value, "tools", "array")
     out = []
+    seen: set[str] = set()
     for i, tool in enumerate(value):
         path = f"tools.{i}"
         _want(tool, path, "object")
@@ -398,13 +415,18 @@ def _tools(value: Any) -> list[dict[str, Any]]:
             "name": _field(tool, "name", path, "string"),
             "parameters": _field(tool, "input_schema", path, "object"),
         }
+        # Checked here, not left to the chat pipeline, so the error names Anthropic's field.
+        if function["name"] in seen:
+            raise _fail(f"{path}.name", f"the tool name {function['name']!r} is declared twice")
+        seen.add(function["name"])
+        check_schema(function["parameters"], f"{path}.input_schema")
         if "description" in tool:
             function["description"] = _field(tool, "description", path, "string")
         out.append({"type": "function", "function": function})
     return out
 
 
-def _tool_choice(value: Any, has_tools: bool, chat: dict[str, Any]) -> None:
+def _tool_choice(value: Any, tools: list[dict[str, Any]], chat: dict[str, Any]) -> None:
     _want(value, "tool_choice", "object")
     kind = _one_of(value.get("type"), "tool_choice.type", ("auto", "any", "tool", "none"))
     if "disable_parallel_tool_use" in value:
@@ -413,10 +435,12 @@ def _tool_choice(value: Any, has_tools: bool, chat: dict[str, Any]) -> None:
         )
     if kind == "tool":
         name = _field(value, "name", "tool_choice", "string")
+        if tools and name not in {tool["function"]["name"] for tool in tools}:
+            raise _fail("tool_choice.name", f"{name!r} is not one of the declared tools")
         choice: Any = {"type": "function", "function": {"name": name}}
     else:
         choice = {"auto": "auto", "any": "required", "none": "none"}[kind]
-    if not has_tools:
+    if not tools:
         if kind in ("any", "tool"):
             raise _fail("tool_choice.type", f"{kind!r} needs `tools`", "invalid_value")
         return
@@ -516,7 +540,7 @@ def translate_messages(request: Any, *, count_only: bool = False) -> MessagesCal
     if tools:
         chat["tools"] = tools
     if "tool_choice" in request:
-        _tool_choice(request["tool_choice"], bool(tools), chat)
+        _tool_choice(request["tool_choice"], tools, chat)
     return MessagesCall(
         chat=chat, model=model, stream=stream, thinking=bool(thinking), stop_sequences=stop
     )

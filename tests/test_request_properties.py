@@ -20,6 +20,7 @@ from typing import Any
 
 import hypothesis.internal.conjecture.utils as _cu
 import hypothesis_jsonschema._from_schema as _hjs
+import pytest
 from hypothesis import example, given, note
 from hypothesis import strategies as st
 from hypothesis_jsonschema import from_schema
@@ -260,6 +261,9 @@ def check_plan(request: Any) -> None:
     assert_valid("kimi.completion_request", continuation_call(CONV, "seg", plan.flags).json)
 
 
+# Drawing from the official schema costs hypothesis-jsonschema about a second per example on a
+# busy 2-core machine (nearly all of the test's time), so the default 120 s can be too short.
+@pytest.mark.timeout(300)
 @given(REQUESTS)
 @example({"model": "kimi", "messages": [{"role": "user", "content": ""}], "n": 2})
 def test_schema_valid_requests_are_accepted_or_refused_on_purpose(request):

@@ -182,7 +182,8 @@ def test_tool_round_trip_history():
                 ],
             },
             {"role": "assistant", "content": "plain answer"},
-            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_3"}]},
+            # a result may answer any earlier call (only a call never made is refused)
+            {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "toolu_2"}]},
         ],
         tools=[
             {
@@ -231,7 +232,7 @@ def test_tool_round_trip_history():
         {"type": "text", "text": "go on"},
     ]
     assert messages[5] == {"role": "assistant", "content": "plain answer"}
-    assert messages[6] == {"role": "tool", "tool_call_id": "toolu_3", "content": ""}
+    assert messages[6] == {"role": "tool", "tool_call_id": "toolu_2", "content": ""}
     assert chat["tools"] == [
         {
             "type": "function",
@@ -564,7 +565,38 @@ BAD: list[tuple[Any, str, str]] = [
         request(tools=TOOLS, tool_choice={"type": "auto", "disable_parallel_tool_use": 1}),
         "tool_choice.disable_parallel_tool_use",
         "invalid_type",
-    ),  # what the chat pipeline would refuse under its own (OpenAI) names is checked here first
+    ),
+    # what the chat pipeline would refuse under its own (OpenAI) names is checked here first
+    (
+        request(
+            messages=[
+                {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1"}]},
+            ]
+        ),
+        "messages.0.content.0.tool_use_id",
+        "invalid_value",
+    ),
+    (
+        request(
+            messages=[
+                {"role": "user", "content": "go"},
+                {
+                    "role": "assistant",
+                    "content": [{"type": "tool_use", "id": "t2", "name": "Read", "input": {}}],
+                },
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "x"},
+                        {"type": "tool_result", "tool_use_id": "t1"},
+                    ],
+                },
+            ],
+            tools=TOOLS,
+        ),
+        "messages.2.content.1.tool_use_id",
+        "invalid_value",
+    ),
     (
         request(tools=[*TOOLS, {"name": "x", "input_schema": {"type": "nope"}}]),
         f"tools.{len(TOOLS)}.input_schema",

@@ -715,3 +715,33 @@ def test_non_json_values_are_named_by_their_python_type():
     with pytest.raises(LocalProtocolError) as info:
         validate_request({"model": b"kimi", "messages": [user("x")]})
     assert info.value.message == "model: expected string, got bytes"
+
+
+@pytest.mark.parametrize(
+    "messages",
+    [
+        [{"role": "tool", "tool_call_id": "c1", "content": "result"}],
+        [user("q"), {"role": "tool", "tool_call_id": "c1", "content": "result"}],
+        [
+            user("q"),
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": "c2", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                ],
+            },
+            {"role": "tool", "tool_call_id": "c1", "content": "result"},
+        ],
+    ],
+)
+def test_a_tool_result_without_its_call_is_refused(messages):
+    # as OpenAI does: the model would read the result of a call it never made
+    with pytest.raises(LocalProtocolError) as info:
+        plan_chat(request(*messages))
+    param = f"messages[{len(messages) - 1}].tool_call_id"
+    assert (info.value.param, info.value.code, info.value.status) == (param, "invalid_value", 400)
+    assert info.value.message.startswith(param + ": 'c1' answers no tool call")
+    assert_valid_error_body(info.value.to_openai())
+    # with conversation_id the call may live only in Kimi's copy of the conversation
+    assert plan_chat(request(*messages, conversation_id=CONV)).conversation_id == CONV

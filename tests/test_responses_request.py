@@ -140,6 +140,7 @@ def test_function_calls_and_outputs_map_onto_tool_calls_and_tool_messages():
                 {"type": "function_call", "call_id": "c1", "name": "f", "arguments": '{"a":1}'},
                 {"type": "reasoning", "id": "rs_1", "summary": []},
                 {"type": "custom_tool_call", "call_id": "c2", "name": "patch", "input": "diff"},
+                {"type": "custom_tool_call", "call_id": "c3", "name": "patch", "input": "more"},
                 {"type": "function_call_output", "call_id": "c1", "output": "one"},
                 {
                     "type": "function_call_output",
@@ -165,7 +166,11 @@ def test_function_calls_and_outputs_map_onto_tool_calls_and_tool_messages():
         {
             "role": "assistant",
             "content": "calling",
-            "tool_calls": [call(1, "f", '{"a":1}'), call(2, "patch", "diff")],
+            "tool_calls": [
+                call(1, "f", '{"a":1}'),
+                call(2, "patch", "diff"),
+                call(3, "patch", "more"),
+            ],
         },
         {"role": "tool", "tool_call_id": "c1", "content": "one"},
         {"role": "tool", "tool_call_id": "c2", "content": "two\nlines"},
@@ -617,3 +622,29 @@ def test_null_options_echo_their_defaults():
     assert result.echo["tool_choice"] == "auto"
     assert result.echo["tools"] == []
     assert result.echo["text"] == {"format": {"type": "text"}}
+
+
+def test_an_output_without_its_call_is_refused_in_responses_terms():
+    result = plan_responses(
+        {
+            "model": "kimi",
+            "input": [
+                {"role": "user", "content": "go"},
+                {"type": "function_call_output", "call_id": "c9", "output": "r"},
+            ],
+        }
+    )
+    with pytest.raises(LocalProtocolError) as caught:
+        plan_chat(result.chat_request)
+    err = result.rename(caught.value)
+    assert (err.param, err.code) == ("input[1].call_id", "invalid_value")
+    assert err.message.startswith("input[1].call_id: 'c9' answers no tool call")
+    # continuing a stored response: its calls are in the Kimi conversation
+    continued = plan_responses(
+        {
+            "model": "kimi",
+            "input": [{"type": "function_call_output", "call_id": "c9", "output": "r"}],
+        },
+        conversation_id="cq1p2n3d4e5f6g7h8i9j",
+    )
+    plan_chat(continued.chat_request)

@@ -266,8 +266,11 @@ def _inline_part(block: Mapping[str, Any], path: str) -> dict[str, Any]:
     return _image(block, path)
 
 
-def _tool_result(block: Mapping[str, Any], path: str) -> tuple[dict[str, Any], list[Any]]:
-    """The `tool` message for a tool_result, and the image parts it carried."""
+def _tool_result(
+    block: Mapping[str, Any], path: str, calls: set[str]
+) -> tuple[dict[str, Any], list[Any]]:
+    """The `tool` message for a tool_result, and the image parts it carried. `calls`: the ids
+    of the tool_use blocks of the earlier assistant turns."""
     call_id = _field(block, "tool_use_id", path, "string")
     content = block.get("content", "")
     texts: list[str] = []
@@ -287,10 +290,15 @@ def _tool_result(block: Mapping[str, Any], path: str) -> tuple[dict[str, Any], l
     if block.get("is_error") is True:
         # The model must see that the call failed; OpenAI tool messages have no error flag.
         text = f"{_TOOL_ERROR}\n{text}"
+    if call_id not in calls:  # after the block's own checks, so those are reported first
+        raise _fail(
+            f"{path}.tool_use_id",
+            f"{call_id!r} answers no tool_use block of an earlier assistant turn",
+        )
     return {"role": "tool", "tool_call_id": call_id, "content": text}, images
 
 
-def _user(content: list[Mapping[str, Any]], path: str) -> list[dict[str, Any]]:
+def _user(content: list[Mapping[str, Any]], path: str, calls: set[str]) -> list[dict[str, Any]]:
     """One Anthropic user turn → OpenAI messages: runs of tool_result blocks become `tool`
     messages (OpenAI wants them right after the assistant's calls), other blocks a user message."""
     out: list[dict[str, Any]] = []
@@ -312,7 +320,7 @@ def _user(content: list[Mapping[str, Any]], path: str) -> list[dict[str, Any]]:
             parts.extend(_document(block, here))
         elif kind == "tool_result":
             flush()
-            message, images = _tool_result(block, here)
+            message, images = _tool_result(block, here, calls)
             out.append(message)
             parts.extend(images)
         else:
@@ -367,6 +375,7 @@ def _messages(value: Any) -> list[dict[str, Any]]:
     if not value:
         raise _fail("messages", "at least one message is required")
     out: list[dict[str, Any]] = []
+    calls: set[str] = set()  # the tool_use ids seen so far
     for i, message in enumerate(value):
         path = f"messages.{i}"
         _want(message, path, "object")
@@ -387,9 +396,10 @@ def _messages(value: Any) -> list[dict[str, Any]]:
         elif isinstance(content, str):
             out.append({"role": role, "content": content})
         elif role == "user":
-            out.extend(_user(_blocks(content, f"{path}.content"), f"{path}.content"))
+            out.extend(_user(_blocks(content, f"{path}.content"), f"{path}.content", calls))
         else:
             out.append(_assistant(_blocks(content, f"{path}.content"), f"{path}.content"))
+            calls.update(call["id"] for call in out[-1].get("tool_calls", ()))
     return out
 
 

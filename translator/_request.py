@@ -39,6 +39,7 @@ def plan_chat(request: Mapping[str, Any]) -> ChatPlan:
     messages = normalise_messages(request["messages"])
     conversation_id = request.get("conversation_id") or None
     if conversation_id is None:
+        _check_tool_results(request["messages"])
         prompt = flatten_messages(messages)
         files = tuple(f for m in messages if m.role == "user" for f in m.files)
     else:
@@ -85,6 +86,25 @@ def plan_chat(request: Mapping[str, Any]) -> ChatPlan:
         stop=_stop(request.get("stop")),
         max_tokens=None if limit is None else int(limit),
     )
+
+
+def _check_tool_results(messages: list[Mapping[str, Any]]) -> None:
+    """Refuse a `tool` message that answers no call of an earlier assistant message, as OpenAI
+    does (the model would read a result of a call it never made). Not with `conversation_id`:
+    there the calls may live only in Kimi's copy of the conversation."""
+    calls: set[str] = set()
+    for i, message in enumerate(messages):
+        if message["role"] == "assistant":
+            calls.update(call["id"] for call in message.get("tool_calls") or ())
+        elif message["role"] == "tool" and message["tool_call_id"] not in calls:
+            param = f"messages[{i}].tool_call_id"
+            raise LocalProtocolError(
+                f"{param}: {message['tool_call_id']!r} answers no tool call of an earlier "
+                "assistant message (messages with role 'tool' must follow the assistant "
+                "message with their 'tool_calls')",
+                param=param,
+                code="invalid_value",
+            )
 
 
 def _tool_results_turn(messages: tuple[Message, ...]) -> list[Message]:

@@ -432,6 +432,7 @@ class _Builder:
             output = item["output"]
             if isinstance(output, list):
                 output = "\n".join(part["text"] for part in output)
+            self.renames.append((f"messages[{len(self.messages)}].tool_call_id", f"{path}.call_id"))
             self.add({"role": "tool", "tool_call_id": item["call_id"], "content": output}, path)
         # else: a replayed output item with nothing to post (_SKIPPED)
 

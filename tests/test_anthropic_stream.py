@@ -271,6 +271,8 @@ def test_ping_and_error_events_and_their_bytes():
         (TranslatorError("no", status=403), 403, "permission_error"),
         (TranslatorError("gone", status=404), 404, "not_found_error"),
         (TranslatorError("big", status=413), 413, "invalid_request_error"),
+        (TranslatorError("encoding", status=415), 415, "invalid_request_error"),
+        (TranslatorError("headers", status=431), 431, "invalid_request_error"),
         (TranslatorError("slow down", status=429), 429, "rate_limit_error"),
         (RemoteProtocolError("busy", status=503), 529, "overloaded_error"),
         (RemoteProtocolError("stalled", status=504), 504, "timeout_error"),

@@ -7,7 +7,8 @@ Anthropic's error types, which its SDK maps to exception classes by status. The 
     401 → 401 authentication_error       413 → 413 invalid_request_error
     402 → 402 billing_error              429 → 429 rate_limit_error (with retry-after)
     403 → 403 permission_error           503 → 529 overloaded_error (Kimi or every account busy)
-    504 → 504 timeout_error              anything else → its status, api_error
+    504 → 504 timeout_error              another 4xx → its status, invalid_request_error
+                                         anything else → its status, api_error
 
 The message is ours; OpenAI's `param` and `code` have no place in Anthropic's shape, and the
 message already names the field.
@@ -42,5 +43,8 @@ ANTHROPIC_ERROR_TYPES: Final[Mapping[int, tuple[int, str]]] = {
 def anthropic_error(err: TranslatorError) -> tuple[int, dict[str, Any]]:
     """The HTTP status and the Anthropic error body (also the stream's `error` event) for
     `err`."""
-    status, kind = ANTHROPIC_ERROR_TYPES.get(err.status, (err.status, "api_error"))
+    # A client error Anthropic has no type for (an unsupported Content-Encoding, a URL or
+    # header too long) is still the client's: api_error would mean "Anthropic failed".
+    other = "invalid_request_error" if 400 <= err.status < 500 else "api_error"
+    status, kind = ANTHROPIC_ERROR_TYPES.get(err.status, (err.status, other))
     return status, {"type": "error", "error": {"type": kind, "message": err.message}}

@@ -240,7 +240,12 @@ def add_admin_routes(
     def text_field(body: dict[str, Any], name: str) -> str:
         value = body.get(name)
         if not isinstance(value, str) or not value.strip() or len(value) > 4096:
-            raise _Refusal(400, f"{name} must be a non-empty string", "invalid_value", name)
+            raise _Refusal(
+                400,
+                f"{name} must be a non-empty string of at most 4096 characters",
+                "invalid_value",
+                name,
+            )
         return value.strip()
 
     def account_or_404(request: web.Request) -> str:

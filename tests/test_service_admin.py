@@ -147,6 +147,9 @@ async def test_accounts_and_keys_through_the_admin_api(tmp_path):
         taken = await client.admin("POST", "/accounts", {"label": "alice", "refresh_token": BOB})
         assert taken.status_code == 409
 
+        too_long = await client.admin("POST", "/keys", {"label": "x" * 4097})
+        assert too_long.status_code == 400
+        assert "at most 4096 characters" in too_long.json()["error"]["message"]
         created = await client.admin("POST", "/keys", {"label": "laptop"})
         assert created.status_code == 201
         new_key = created.json()["key"]

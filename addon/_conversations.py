@@ -54,13 +54,18 @@ def _file_identity(source: UrlFile | InlineFile) -> str:
     return "sha256:" + hashlib.sha256(source.data).hexdigest()
 
 
-_KEY_SEED = hashlib.sha256(b"kimi-free-api exchange key v2").digest()
+_KEY_SEED = hashlib.sha256(b"kimi-free-api exchange key v3").digest()
 
 
 def _message_digest(message: Message) -> bytes:
-    normal = [message.role, message.text.strip(), [_file_identity(f) for f in message.files]]
-    data = json.dumps(normal, ensure_ascii=False, separators=(",", ":")).encode()
-    return hashlib.sha256(data).digest()
+    """The digest of one normalised message: role, trimmed text and file identities, each
+    length-prefixed so that no two different messages encode alike."""
+    digest = hashlib.sha256()
+    for part in (message.role, message.text.strip(), *map(_file_identity, message.files)):
+        data = part.encode("utf-8", "surrogatepass")
+        digest.update(len(data).to_bytes(8, "big"))
+        digest.update(data)
+    return digest.digest()
 
 
 def prefix_keys(messages: Sequence[Message]) -> list[str]:

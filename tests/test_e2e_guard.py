@@ -158,6 +158,16 @@ async def test_allow_private_urls_lets_the_regular_proxy_reach_loopback(
         assert answer.text == "private service"
 
 
+class HeaderSpy:
+    """An addon after ours that records every request's headers when it first sees them."""
+
+    def __init__(self) -> None:
+        self.seen: list[list[tuple[str, str]]] = []
+
+    def requestheaders(self, flow) -> None:
+        self.seen.append(list(flow.request.headers.items(multi=True)))
+
+
 async def test_no_credential_in_any_flow_or_capture(tmp_path, no_proxy_env, caplog):
     capture = tmp_path / "flows.mitm"
     tokens = {
@@ -177,6 +187,10 @@ async def test_no_credential_in_any_flow_or_capture(tmp_path, no_proxy_env, capl
             save_stream_file=str(capture),
         ) as proxy,
     ):
+        # Stands for mitmweb's view, which adds each flow in `requestheaders` right after a
+        # script addon's hook: it must never see a credential either.
+        spy = HeaderSpy()
+        proxy.master.addons.add(spy)
         async with httpx.AsyncClient(base_url=proxy.url, timeout=30) as http:
             answer = await http.post(
                 "/v1/chat/completions",
@@ -198,6 +212,9 @@ async def test_no_credential_in_any_flow_or_capture(tmp_path, no_proxy_env, capl
             assert answer.status_code == 200, answer.text
         # The relay got every credential (the answers above prove it) and kept none.
         assert len(proxy.addon.credentials) == 0
+        assert len(spy.seen) == 4
+        for token in tokens.values():
+            assert token not in repr(spy.seen)
     data = capture.read_bytes()
     with capture.open("rb") as f:
         flows = list(io.FlowReader(f).stream())

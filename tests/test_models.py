@@ -93,6 +93,7 @@ def test_use_search_field_turns_search_on(name):
         ("kimi", "medium", True),
         ("kimi", "high", True),
         ("kimi", "xhigh", True),
+        ("kimi", "max", True),
         ("kimi", "none", False),
         ("kimi", "minimal", False),
         ("kimi-k2-thinking", None, True),

@@ -246,7 +246,7 @@ INVALID = [
         "response_format.json_schema",
         "missing_required_field",
     ),
-    (request(reasoning_effort="max"), "reasoning_effort", "invalid_value"),
+    (request(reasoning_effort="extreme"), "reasoning_effort", "invalid_value"),
     (request(modalities=["video"]), "modalities[0]", "invalid_value"),
     (request(metadata={"a": 1}), "metadata.a", "invalid_type"),
     (request(store="no"), "store", "invalid_type"),

@@ -447,7 +447,7 @@ REFUSALS = [
         "missing_required_field",
     ),
     (
-        {"model": "kimi", "input": "x", "reasoning": {"effort": "max"}},
+        {"model": "kimi", "input": "x", "reasoning": {"effort": "extreme"}},
         "reasoning.effort",
         "invalid_value",
     ),

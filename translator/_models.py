@@ -109,6 +109,7 @@ _EFFORT_THINKING: Final[Mapping[str, bool]] = {
     "medium": True,
     "high": True,
     "xhigh": True,
+    "max": True,
 }
 
 

@@ -262,7 +262,7 @@ _FIELDS: Final[Mapping[str, Check]] = {
     "reasoning": _object(
         {},
         {
-            "effort": _enum("none", "minimal", "low", "medium", "high", "xhigh"),
+            "effort": _enum("none", "minimal", "low", "medium", "high", "xhigh", "max"),
             "summary": _ANY,
         },
     ),

@@ -319,7 +319,7 @@ _FIELDS: Final[Mapping[str, Check]] = {
             "json_schema": _object({"json_schema": _JSON_SCHEMA_FORMAT}),
         },
     ),
-    "reasoning_effort": _enum("none", "minimal", "low", "medium", "high", "xhigh"),
+    "reasoning_effort": _enum("none", "minimal", "low", "medium", "high", "xhigh", "max"),
     "modalities": _array(_enum("text", "audio")),
     "metadata": _values(_STRING),
     "store": _BOOLEAN,

@@ -568,6 +568,16 @@ BAD: list[tuple[Any, str, str]] = [
     ),
     # what the chat pipeline would refuse under its own (OpenAI) names is checked here first
     (
+        request(tools=[{"name": 'a"b', "input_schema": {"type": "object"}}]),
+        "tools.0.name",
+        "invalid_value",
+    ),
+    (
+        request(tools=[{"name": "", "input_schema": {"type": "object"}}]),
+        "tools.0.name",
+        "invalid_value",
+    ),
+    (
         request(
             messages=[
                 {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t1"}]},

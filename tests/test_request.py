@@ -745,3 +745,20 @@ def test_a_tool_result_without_its_call_is_refused(messages):
     assert_valid_error_body(info.value.to_openai())
     # with conversation_id the call may live only in Kimi's copy of the conversation
     assert plan_chat(request(*messages, conversation_id=CONV)).conversation_id == CONV
+
+
+@pytest.mark.parametrize("name", ["", 'say "hi"', "a<b", "a>b", "two\nlines"])
+def test_a_tool_name_the_call_markup_cannot_carry_is_refused(name):
+    # the model could never call it (<tool_call name="..."> ends at the quote or the bracket):
+    # refused before a Kimi turn and a repair are spent on it
+    for body, param in (
+        (request(tools=[{"type": "function", "function": {"name": name}}]), "tools[0].function"),
+        (request(functions=[{"name": "ok"}, {"name": name}]), "functions[1]"),
+    ):
+        with pytest.raises(LocalProtocolError) as info:
+            plan_chat(body)
+        assert (info.value.param, info.value.code) == (f"{param}.name", "invalid_value")
+        assert info.value.message.startswith(f"{param}.name: ")
+    # names the markup carries pass, with spaces, dots, dashes and any script
+    for name in ("get_weather", "ns.tool", "a b", "mcp__srv__read-file", "天气"):
+        plan_chat(request(tools=[{"type": "function", "function": {"name": name}}]))

@@ -648,3 +648,14 @@ def test_an_output_without_its_call_is_refused_in_responses_terms():
         conversation_id="cq1p2n3d4e5f6g7h8i9j",
     )
     plan_chat(continued.chat_request)
+
+
+def test_a_tool_name_the_call_markup_cannot_carry_is_named_in_responses_terms():
+    result = plan_responses(
+        {"model": "kimi", "input": "x", "tools": [{"type": "function", "name": "a>b"}]}
+    )
+    with pytest.raises(LocalProtocolError) as caught:
+        plan_chat(result.chat_request)
+    err = result.rename(caught.value)
+    assert (err.param, err.code) == ("tools[0].name", "invalid_value")
+    assert err.message.startswith("tools[0].name: the tool name 'a>b' cannot hold")

@@ -210,6 +210,7 @@ from ._tool_prompt import (
     repair_missing_call_prompt,
     repair_tool_prompt,
     tool_instructions,
+    tool_name_problem,
 )
 from ._upstream import (
     ContentFiltered,
@@ -387,6 +388,7 @@ __all__ = [
     "thinking_signature",
     "token_weight",
     "tool_instructions",
+    "tool_name_problem",
     "translate_messages",
     "usage_for",
     "user_call",

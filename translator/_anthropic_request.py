@@ -65,6 +65,7 @@ from typing import Any, Final
 from ._dataurl import parse_data_url
 from ._errors import LocalProtocolError
 from ._json_schema import check_schema
+from ._tool_prompt import tool_name_problem
 
 __all__ = [
     "CLAUDE_MODEL",
@@ -426,6 +427,9 @@ def _tools(value: Any) -> list[dict[str, Any]]:
             "parameters": _field(tool, "input_schema", path, "object"),
         }
         # Checked here, not left to the chat pipeline, so the error names Anthropic's field.
+        problem = tool_name_problem(function["name"])
+        if problem is not None:
+            raise _fail(f"{path}.name", problem)
         if function["name"] in seen:
             raise _fail(f"{path}.name", f"the tool name {function['name']!r} is declared twice")
         seen.add(function["name"])

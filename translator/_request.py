@@ -10,7 +10,7 @@ from ._json_schema import check_schema
 from ._messages import flatten_messages, normalise_messages, wrap_urls
 from ._models import resolve_model
 from ._plan import ChatPlan, Message, OutputFormat, ToolSpec
-from ._tool_prompt import compose_prompt
+from ._tool_prompt import compose_prompt, tool_name_problem
 from ._validate import check_conversation_id, validate_request
 
 __all__ = ["plan_chat"]
@@ -129,6 +129,11 @@ def _tools(request: Mapping[str, Any]) -> tuple[ToolSpec, ...]:
     seen: set[str] = set()
     for function, path in entries:
         name = function["name"]
+        problem = tool_name_problem(name)
+        if problem is not None:
+            raise LocalProtocolError(
+                f"{path}.name: {problem}", param=f"{path}.name", code="invalid_value"
+            )
         if name in seen:
             raise LocalProtocolError(
                 f"{path}.name: the tool name {name!r} is declared twice",

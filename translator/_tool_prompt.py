@@ -65,6 +65,7 @@ __all__ = [
     "repair_missing_call_prompt",
     "repair_tool_prompt",
     "tool_instructions",
+    "tool_name_problem",
 ]
 
 TOOLS_OPEN: Final = "<tool_instructions>"
@@ -123,6 +124,20 @@ OUTPUT_SCHEMA: Final = (
 )
 
 REPAIR_LEAD: Final = "Your previous reply cannot be used:"
+
+#: what a tool name cannot hold: the call markup could not carry it back (a double quote ends
+#: `name="..."`, an angle bracket the tag or a marker, a line break the opening line)
+_NAME_BREAKERS: Final = frozenset('"<>\r\n')
+
+
+def tool_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a tool's name (the model could never call it: the request is
+    refused rather than spending a Kimi turn and a repair on it), or None."""
+    if not name:
+        return "a tool name must not be empty"
+    if any(char in _NAME_BREAKERS for char in name):
+        return f"the tool name {name!r} cannot hold a double quote, '<', '>' or a line break"
+    return None
 
 
 def _dumps(value: Any) -> str:

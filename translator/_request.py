@@ -99,9 +99,9 @@ def _check_tool_results(messages: list[Mapping[str, Any]]) -> None:
         elif message["role"] == "tool" and message["tool_call_id"] not in calls:
             param = f"messages[{i}].tool_call_id"
             raise LocalProtocolError(
-                f"{param}: {message['tool_call_id']!r} answers no tool call of an earlier "
-                "assistant message (messages with role 'tool' must follow the assistant "
-                "message with their 'tool_calls')",
+                # worded for every face: Responses and Messages rename the param only
+                f"{param}: {message['tool_call_id']!r} answers no tool call made earlier in "
+                "the conversation",
                 param=param,
                 code="invalid_value",
             )

@@ -85,12 +85,17 @@ class RequestRecord:
 
 
 def endpoint_of(request: web.Request) -> str:
-    """The route that served `request`, bounded: unknown URLs are all `other`."""
+    """The route that served `request`, bounded: unknown URLs are all `other`.
+
+    A route with a path parameter is labelled by its template (`/v1/responses/{id}`), which is
+    as bounded as a plain path; only the catch-all (`/{tail}`, whose first segment is the
+    parameter) stands for unknown URLs.
+    """
     info = request.match_info
     route = getattr(info, "route", None)
     resource = getattr(route, "resource", None)
     canonical = getattr(resource, "canonical", None)
-    if not isinstance(canonical, str) or "{" in canonical:
+    if not isinstance(canonical, str) or canonical.startswith("/{"):
         return "other"
     return canonical
 

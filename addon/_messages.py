@@ -17,7 +17,7 @@ import asyncio
 import logging
 import math
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final
 
 from aiohttp import web
 
@@ -43,7 +43,13 @@ __all__ = ["MessagesReply", "add_messages_routes", "anthropic_credentials"]
 log = logging.getLogger("kimi_free_api")
 
 
+#: the missing-key message in the Anthropic clients' terms (the shared one names Authorization)
+MISSING_KEY: Final = "missing API key: send 'x-api-key: <Kimi refresh token or API key>'"
+
+
 def anthropic_error_response(err: TranslatorError) -> web.Response:
+    if err.code == "missing_token":
+        err = TranslatorError(MISSING_KEY, status=err.status, type=err.type, code=err.code)
     status, body = anthropic_error(err)
     response = json_response(body, status)
     if err.retry_after is not None and status in (429, 529):

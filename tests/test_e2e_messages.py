@@ -284,6 +284,7 @@ async def test_errors_in_anthropic_shape(fake, dialect, proxy):
         )
     )
     assert (status, error["type"]) == (401, "authentication_error")
+    assert "x-api-key" in error["message"]  # the header an Anthropic client sends
     async with client(proxy, key="sk-unknown") as sdk:
         with pytest.raises(anthropic.AuthenticationError):
             await sdk.messages.create(model=MODEL, max_tokens=8, messages=[user("x")])

@@ -18,6 +18,7 @@ from typing import Any
 
 import httpx
 import openai
+import pydantic
 import pytest
 
 from fixtures.fake_kimi import FakeKimi, Fault, Scenario
@@ -544,3 +545,15 @@ async def test_raw_get_and_delete_bodies(fake, dialect, proxy):
         )
         assert unauthenticated.status_code == 401
         assert_valid("openai.error", unauthenticated.json())
+
+
+async def test_sdk_parse_with_a_pydantic_model(fake, dialect, proxy):
+    class City(pydantic.BaseModel):
+        name: str
+        population: int
+
+    async with sdk(proxy) as client:
+        parsed = await client.responses.parse(model="kimi", input="A city?", text_format=City)
+    valid_response(parsed)
+    assert isinstance(parsed.output_parsed, City)
+    assert parsed.text.format.type == "json_schema"

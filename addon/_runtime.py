@@ -21,25 +21,25 @@ from aiohttp import web
 
 from translator import KimiCall
 
-from ._accounts import AccountPool, TokenGrant
-from ._admin import add_admin_routes, usage_recorder
-from ._aiohttp_transport import AiohttpTransport
-from ._app import RELAY_SECRET_HEADER, build_app
-from ._body import DEFAULT_MAX_REQUEST_BYTES
-from ._chat import ChatService, ChatSettings
-from ._config import Config, ConfigError
-from ._conversations import ConversationKeeper
-from ._credentials import CredentialVault
-from ._dialects import Dialect, choose_dialect
-from ._fetch import Fetcher, FetchPolicy, make_fetch_client
-from ._kimi import KimiClient
-from ._metrics import Metrics, add_health_routes
-from ._model_catalog import ModelCatalogs
-from ._refresh import refresh_grant
-from ._store import Account, Store
-from ._store_pg import open_store
-from ._upload import Uploader
-from ._usage import UsageLog
+from .accounts._pool import AccountPool, TokenGrant
+from .accounts._refresh import refresh_grant
+from .mitm._credentials import CredentialVault
+from .process._config import Config, ConfigError
+from .serve._admin import add_admin_routes, usage_recorder
+from .serve._app import RELAY_SECRET_HEADER, build_app
+from .serve._body import DEFAULT_MAX_REQUEST_BYTES
+from .serve._metrics import Metrics, add_health_routes
+from .serve._usage import UsageLog
+from .store._pg import open_store
+from .store._store import Account, Store
+from .upstream._aiohttp_transport import AiohttpTransport
+from .upstream._chat import ChatService, ChatSettings
+from .upstream._conversations import ConversationKeeper
+from .upstream._dialects import Dialect, choose_dialect
+from .upstream._fetch import Fetcher, FetchPolicy, make_fetch_client
+from .upstream._kimi import KimiClient
+from .upstream._model_catalog import ModelCatalogs
+from .upstream._upload import Uploader
 
 __all__ = [
     "LIVE_OPTIONS",
@@ -91,7 +91,7 @@ class Runtime:
         self, settings: RuntimeSettings, *, credentials: CredentialVault | None = None
     ) -> None:
         self.settings = settings
-        #: client credentials the addon took out of flows, by handle (addon/_credentials.py)
+        #: client credentials the addon took out of flows, by handle (addon/mitm/_credentials.py)
         self.credentials = credentials if credentials is not None else CredentialVault()
         self.secret = secrets.token_urlsafe(32)
         self.base_url = ""
@@ -116,7 +116,7 @@ class Runtime:
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
         if s.http_client == "aiohttp":
             # aiohttp's client under httpx's: HTTP/1.1 parsed in C, a pool per host; about half
-            # the CPU of httpcore per streamed chunk (addon/_aiohttp_transport.py).
+            # the CPU of httpcore per streamed chunk (addon/upstream/_aiohttp_transport.py).
             self.client = httpx.AsyncClient(
                 transport=AiohttpTransport(verify=_tls_context(s.verify), max_connections=1000),
                 timeout=timeout,
@@ -231,7 +231,7 @@ class Runtime:
         # Kimi stream at once and hands the conversation to the keeper for deletion.
         # shutdown_timeout: replies still running at shutdown get 2 s, then are cancelled (their
         # conversations are deleted with the rest): a stop must finish within its bound.
-        # auto_decompress off: addon/_body.py inflates request bodies within the size limit.
+        # auto_decompress off: addon/serve/_body.py inflates request bodies within the size limit.
         self._runner = web.AppRunner(
             app,
             handler_cancellation=True,
@@ -247,7 +247,7 @@ class Runtime:
         await site.start()
         server = site._server
         assert server is not None
-        # asyncio.Server or uvloop's Server (addon/_loop.py): both list their sockets
+        # asyncio.Server or uvloop's Server (addon/process/_loop.py): both list their sockets
         sockets = server.sockets  # type: ignore[attr-defined]
         port = sockets[0].getsockname()[1]
         self.base_url = f"http://127.0.0.1:{port}"

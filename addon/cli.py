@@ -195,7 +195,7 @@ async def serve(args: argparse.Namespace, *, demo: bool = False) -> None:
     opts = options.Options(listen_host=args.host, mode=modes)
     master = DumpMaster(opts, with_termlog=True, with_dumper=False)
     if args.log_format == "json":
-        from ._logging import use_json_logs
+        from .process._logging import use_json_logs
 
         use_json_logs()
     addon = KimiProxy(verify=verify)
@@ -269,16 +269,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "replay":
         if args.save_fixture:
-            from ._save_fixture import save_fixtures
+            from .capture._save_fixture import save_fixtures
 
             return save_fixtures(args.paths, args.save_fixture, out=sys.stdout)
-        from ._replay import run_replay
+        from .capture._replay import run_replay
 
         return run_replay(args.paths, as_json=args.json, out=sys.stdout)
     from mitmproxy.exceptions import OptionsError
 
-    from ._loop import loop_factory
-    from ._workers import REUSE_PORT_ENV, WORKER_ENV, parse_workers, run_workers, tcp_only_reverse
+    from .process._loop import loop_factory
+    from .process._workers import (
+        REUSE_PORT_ENV,
+        WORKER_ENV,
+        parse_workers,
+        run_workers,
+        tcp_only_reverse,
+    )
 
     try:
         workers = parse_workers(args.workers)

@@ -12,9 +12,9 @@ Modes:
   through untouched, except loopback, private and link-local destinations (unless
   `allow_private_urls`): a proxy reachable from the LAN must not be a door to them.
 
-Host names are compared normalised (addon/_hosts.py), so `api.openai.com.` is intercepted too.
-Client credentials never stay in a flow (addon/_credentials.py), and mitmproxy's own error pages
-are OpenAI JSON (addon/_mitm_errors.py).
+Host names are compared normalised (addon/mitm/_hosts.py), so `api.openai.com.` is intercepted too.
+Client credentials never stay in a flow (addon/mitm/_credentials.py), and mitmproxy's own error
+pages are OpenAI JSON (addon/mitm/_errors.py).
 """
 
 from __future__ import annotations
@@ -39,21 +39,21 @@ from mitmproxy.addonmanager import Loader
 from mitmproxy.connection import Server
 from mitmproxy.proxy import mode_specs, server_hooks
 
-from addon import _mitm_errors
-from addon._body import DEFAULT_MAX_REQUEST_BYTES
-from addon._config import Config, ConfigError, load_config
-from addon._credentials import (
+from addon._runtime import RELAY_SECRET_HEADER, Runtime, RuntimeSettings
+from addon.capture._upstream_flows import UpstreamFlows, keep_streamed_body
+from addon.mitm import _errors as _mitm_errors
+from addon.mitm._credentials import (
     CREDENTIAL_HANDLE_HEADER,
     CREDENTIAL_HEADERS,
     CredentialVault,
     HeldBody,
 )
-from addon._fetch import refusal_reason, system_resolver
-from addon._hosts import normalise_host, normalise_hosts
-from addon._ratelimit import CLIENT_ADDRESS_HEADER
-from addon._reload import ConfigReloader
-from addon._runtime import RELAY_SECRET_HEADER, Runtime, RuntimeSettings
-from addon._upstream_flows import UpstreamFlows, keep_streamed_body
+from addon.mitm._hosts import normalise_host, normalise_hosts
+from addon.process._config import Config, ConfigError, load_config
+from addon.process._reload import ConfigReloader
+from addon.serve._body import DEFAULT_MAX_REQUEST_BYTES
+from addon.serve._ratelimit import CLIENT_ADDRESS_HEADER
+from addon.upstream._fetch import refusal_reason, system_resolver
 
 __all__ = ["KimiProxy", "addons"]
 

@@ -19,7 +19,7 @@ from typing import Any
 import httpx
 
 from translator import ModelFlags
-from translator._legacy_calls import completion_call
+from translator.legacy._calls import completion_call
 
 __all__ = ["Sample", "limit_once", "raw_once", "sdk_once"]
 

@@ -18,7 +18,7 @@ import httpx
 
 from fixtures.fake_kimi import FakeKimi
 from translator import ModelFlags
-from translator._legacy_calls import create_conversation_call
+from translator.legacy._calls import create_conversation_call
 
 from ._clients import Sample, limit_once, raw_once, sdk_once
 from ._deletes import phase_conversations

@@ -19,7 +19,7 @@ import ssl
 import sys
 from pathlib import Path
 
-from addon._loop import LOOP_ENV, loop_factory, loop_name
+from addon.process._loop import LOOP_ENV, loop_factory, loop_name
 
 from ._probe import RequestLog, snapshot
 from ._stats import raise_fd_limit

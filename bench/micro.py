@@ -24,13 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from translator import plan_chat
-from translator._answer_shaper import AnswerShaper
-from translator._connect_frames import encode_envelope
-from translator._connect_stream import ConnectDecoder
-from translator._fold import fold_completion
-from translator._legacy_stream import LegacyDecoder
-from translator._response import ResponseTranslator
 from translator._sse import SSE_DONE, SSEDecoder, encode_sse
+from translator.chat._fold import fold_completion
+from translator.chat._response import ResponseTranslator
+from translator.connect._frames import encode_envelope
+from translator.connect._stream import ConnectDecoder
+from translator.legacy._stream import LegacyDecoder
+from translator.tools._shaper import AnswerShaper
 
 __all__ = ["connect_body", "legacy_body", "main", "run_micro"]
 

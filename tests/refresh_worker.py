@@ -18,11 +18,11 @@ import time
 
 import httpx
 
-from addon._accounts import Account, AccountPool, AuthFailed, TokenGrant
-from addon._kimi import KimiClient
-from addon._refresh import refresh_grant
-from addon._store_pg import open_store
-from translator._legacy_calls import user_call
+from addon.accounts._pool import Account, AccountPool, AuthFailed, TokenGrant
+from addon.accounts._refresh import refresh_grant
+from addon.store._pg import open_store
+from addon.upstream._kimi import KimiClient
+from translator.legacy._calls import user_call
 
 
 async def main(store_path: str, base_url: str, start_at: float, rounds: int, tokens: list[str]):

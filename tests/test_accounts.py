@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from addon._accounts import (
+from addon.accounts._pool import (
     AccessDenied,
     AccountPool,
     AuthFailed,
@@ -15,8 +15,8 @@ from addon._accounts import (
     TokenGrant,
     TransientFailure,
 )
-from addon._config import parse_config
-from addon._store import Store
+from addon.process._config import parse_config
+from addon.store._store import Store
 from translator import RemoteProtocolError
 
 KEY = "sk-team-0123456789abcdef"

@@ -31,10 +31,10 @@ from translator import (
     fold_message,
     thinking_signature,
 )
-from translator._connect_stream import ConnectDecoder
-from translator._legacy_stream import LegacyDecoder
-from translator._response import ResponseTranslator
 from translator._sse import SSEDecoder
+from translator.chat._response import ResponseTranslator
+from translator.connect._stream import ConnectDecoder
+from translator.legacy._stream import LegacyDecoder
 
 EVENT = pydantic.TypeAdapter(anthropic.types.RawMessageStreamEvent)
 

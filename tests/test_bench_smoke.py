@@ -80,9 +80,9 @@ async def test_bench_reports_every_field(tmp_path):
 def test_micro_bodies_translate_to_valid_chunks():
     from bench.micro import connect_body, legacy_body, run_micro
     from tests.schema_check import assert_valid
-    from translator._connect_stream import ConnectDecoder
-    from translator._legacy_stream import LegacyDecoder
-    from translator._response import ResponseTranslator
+    from translator.chat._response import ResponseTranslator
+    from translator.connect._stream import ConnectDecoder
+    from translator.legacy._stream import LegacyDecoder
 
     texts = []
     for body, decoder in ((legacy_body(40), LegacyDecoder()), (connect_body(40), ConnectDecoder())):

@@ -21,7 +21,7 @@ import httpx
 import openai
 import pytest
 
-from addon._store import Store
+from addon.store._store import Store
 from fixtures.fake_kimi import FakeKimi, Fault, Scenario
 from tests.proxy_harness import running_proxy
 

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from addon._config import Config, ConfigError, load_config, parse_config
+from addon.process._config import Config, ConfigError, load_config, parse_config
 
 TOKEN = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1MSJ9.c2lnbmF0dXJlLXNlY3JldA"
 KEY = "sk-team-0123456789abcdef"

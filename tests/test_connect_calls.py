@@ -6,7 +6,7 @@ import pytest
 
 from tests.schema_check import assert_valid
 from translator import ChatPlan, LocalProtocolError, ModelFlags, RemoteProtocolError
-from translator._connect_calls import (
+from translator.connect._calls import (
     CHAT_SERVICE,
     DELETE_CHAT_SERVICES,
     chat_call,
@@ -15,8 +15,8 @@ from translator._connect_calls import (
     session_headers,
     validate_chat_id,
 )
-from translator._connect_frames import EnvelopeDecoder
-from translator._jwt import JwtClaims
+from translator.connect._frames import EnvelopeDecoder
+from translator.connect._jwt import JwtClaims
 
 
 def plan(prompt="你好 🌏", **flags) -> ChatPlan:

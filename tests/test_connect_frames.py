@@ -5,8 +5,9 @@ import struct
 
 import pytest
 
-from translator import LocalProtocolError, RemoteProtocolError, _connect_frames
-from translator._connect_frames import (
+from translator import LocalProtocolError, RemoteProtocolError
+from translator.connect import _frames as _connect_frames
+from translator.connect._frames import (
     FLAG_END_STREAM,
     Envelope,
     EnvelopeDecoder,

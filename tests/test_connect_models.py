@@ -23,8 +23,8 @@ from translator import (
     resolve_model,
     with_catalog,
 )
-from translator._connect_calls import chat_call
-from translator._connect_frames import EnvelopeDecoder
+from translator.connect._calls import chat_call
+from translator.connect._frames import EnvelopeDecoder
 
 #: shaped like the public captures (research notes §B.7 / §B.9)
 ANSWER = {

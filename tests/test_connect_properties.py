@@ -12,11 +12,11 @@ from schemas import load_schema
 from tests.schema_check import assert_valid
 from tests.test_connect_stream import SCENARIOS, decode, load_fixture, normalise
 from translator import Finished, ReasoningDelta, RemoteProtocolError, TextDelta, UpstreamEvent
-from translator._connect_frames import (
+from translator.connect._frames import (
     DEFAULT_MAX_MESSAGE_BYTES as DEFAULT_CAP,
 )
-from translator._connect_frames import Envelope, EnvelopeDecoder, encode_envelope
-from translator._connect_stream import ConnectDecoder
+from translator.connect._frames import Envelope, EnvelopeDecoder, encode_envelope
+from translator.connect._stream import ConnectDecoder
 
 
 @st.composite

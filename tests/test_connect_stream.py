@@ -21,8 +21,8 @@ from translator import (
     Unknown,
     UpstreamFailure,
 )
-from translator._connect_frames import EnvelopeDecoder, encode_envelope
-from translator._connect_stream import ConnectDecoder, connect_error
+from translator.connect._frames import EnvelopeDecoder, encode_envelope
+from translator.connect._stream import ConnectDecoder, connect_error
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "connect"
 SCENARIOS = sorted(p.name for p in FIXTURES.iterdir() if (p / "upstream.bin").exists())

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from addon._store import Store
+from addon.store._store import Store
 from fixtures.fake_kimi import FakeKimi, Fault, Scenario
 from tests.proxy_harness import RunningProxy, running_proxy
 from tests.schema_check import assert_valid

@@ -15,7 +15,7 @@ import zlib
 import httpx
 import pytest
 
-from addon._conversations import exchange_key, prefix_keys
+from addon.upstream._conversations import exchange_key, prefix_keys
 from fixtures.fake_kimi import FakeKimi
 from tests.proxy_harness import running_proxy
 from tests.schema_check import assert_valid

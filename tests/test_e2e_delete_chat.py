@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from addon._delete_chat import delete_service_for
+from addon.upstream._delete_chat import delete_service_for
 from fixtures.fake_kimi import FakeKimi
 from tests.proxy_harness import running_proxy
 from tests.test_e2e_dialects import sdk, user, wait_for
@@ -66,7 +66,7 @@ async def test_neither_route_keeps_the_chat_for_a_later_attempt(tmp_path):
 
 
 async def test_the_working_route_is_remembered_across_restarts(tmp_path):
-    from addon import _delete_chat
+    from addon.upstream import _delete_chat
 
     async with FakeKimi(dialect_routes="connect", delete_services=(CHAT,)) as fake:
         for _ in range(2):

@@ -17,7 +17,7 @@ import httpx
 import openai
 import pytest
 
-from addon._store import Store
+from addon.store._store import Store
 from fixtures.fake_kimi import ConversationRecord, FakeKimi, RecordedRequest
 from tests.proxy_harness import running_proxy
 from tests.schema_check import assert_valid

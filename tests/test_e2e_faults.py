@@ -141,7 +141,7 @@ async def test_legacy_limits_are_429(fake, tmp_path, fault, stream):
 @pytest.mark.parametrize("status", [500, 503])
 async def test_5xx_on_the_answer_call(fake, dialect, proxy, status):
     faults(fake, Fault(kind="http_status", match=stream_route(dialect), status=status))
-    # Legacy: every 5xx is an upstream_error 502 (translator/_kimi_errors.py); Connect: the
+    # Legacy: every 5xx is an upstream_error 502 (translator/legacy/_errors.py); Connect: the
     # error code decides, and 503 is `unavailable`, which clients may retry.
     expected = 503 if (dialect, status) == ("connect", 503) else 502
     for stream in (False, True):

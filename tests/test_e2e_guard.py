@@ -15,8 +15,8 @@ from aiohttp import web
 from mitmproxy import connection, io
 from mitmproxy.proxy import mode_specs, server_hooks
 
-from addon._hosts import normalise_host
-from addon._mitm_errors import error_body
+from addon.mitm._errors import error_body
+from addon.mitm._hosts import normalise_host
 from fixtures.fake_kimi import FakeKimi
 from tests.proxy_harness import running_proxy
 from tests.schema_check import assert_valid

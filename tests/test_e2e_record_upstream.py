@@ -12,7 +12,7 @@ import pytest
 from mitmproxy import http
 from mitmproxy.io import FlowReader
 
-from addon._replay import run_replay
+from addon.capture._replay import run_replay
 from addon.cli import main as cli_main
 from fixtures.fake_kimi import FakeKimi, Fault, Scenario
 from tests.proxy_harness import running_proxy
@@ -119,12 +119,12 @@ async def test_an_unknown_event_kind_is_named_by_the_report(dialect, tmp_path):
 
 @pytest.mark.parametrize("dialect", ["legacy", "connect"])
 async def test_a_recording_becomes_a_golden_fixture(dialect, tmp_path):
-    from addon._save_fixture import DRAFT, save_fixtures
+    from addon.capture._save_fixture import DRAFT, save_fixtures
     from fixtures.golden import Scenario as Golden
     from fixtures.golden import replay as golden_replay
     from tests.test_connect_stream import assert_matches, decode, normalise
     from tests.test_golden_legacy import bytewise, check
-    from translator._legacy_stream import LegacyDecoder
+    from translator.legacy._stream import LegacyDecoder
 
     async with FakeKimi() as fake:
         record, _ = await record_chats(fake, tmp_path, dialect, ["kimi-search"])

@@ -12,7 +12,7 @@ import time
 import httpx
 import pytest
 
-from addon._store import Store
+from addon.store._store import Store
 from fixtures.fake_kimi import FakeKimi
 from tests.proxy_harness import running_proxy
 from tests.schema_check import assert_valid

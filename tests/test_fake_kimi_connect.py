@@ -16,7 +16,7 @@ from fixtures.fake_kimi import (
     read_jwt_payload,
 )
 from translator import ReasoningDelta, SearchResult, TextDelta
-from translator._connect_stream import ConnectDecoder
+from translator.connect._stream import ConnectDecoder
 
 UUID_SHAPE = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-8[0-9a-f]{3}-8000-[0-9a-f]{12}")
 CONNECT_HEADERS = {"Content-Type": "application/connect+json", "connect-protocol-version": "1"}

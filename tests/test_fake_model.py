@@ -14,7 +14,7 @@ from tests.test_fake_kimi_connect import answer_text, chat, chat_body
 from tests.test_fake_kimi_connect import login as connect_login
 from tests.test_fake_kimi_legacy import complete, login, text_of
 from translator import plan_chat
-from translator._tool_prompt import repair_json_prompt, repair_tool_prompt
+from translator.tools._prompt import repair_json_prompt, repair_tool_prompt
 
 WEATHER = {
     "type": "function",

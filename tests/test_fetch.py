@@ -17,7 +17,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from addon._fetch import Fetcher, FetchError, FetchPolicy, make_fetch_client, refusal_reason
+from addon.upstream._fetch import (
+    Fetcher,
+    FetchError,
+    FetchPolicy,
+    make_fetch_client,
+    refusal_reason,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 100
 PARAM = "messages[0].content[1].image_url.url"

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 from tests.schema_check import assert_valid
-from translator._fold import fold_completion
-from translator._legacy_stream import LegacyDecoder
-from translator._response import ResponseTranslator
 from translator._upstream import Finished, ReasoningDelta, SearchResult, TextDelta
+from translator.chat._fold import fold_completion
+from translator.chat._response import ResponseTranslator
+from translator.legacy._stream import LegacyDecoder
 
 
 class Script:

@@ -9,8 +9,8 @@ import pytest
 from tests.schema_check import assert_valid
 from tests.test_connect_stream import FIXTURES, SCENARIOS, load_fixture
 from translator import RemoteProtocolError
-from translator._connect_stream import ConnectDecoder
-from translator._response import ResponseTranslator
+from translator.chat._response import ResponseTranslator
+from translator.connect._stream import ConnectDecoder
 
 CREATED = 1_700_000_000
 

@@ -10,9 +10,9 @@ import pytest
 from fixtures.golden import list_scenarios, load_scenario, replay
 from tests.schema_check import assert_valid
 from translator._errors import RemoteProtocolError
-from translator._fold import fold_completion
-from translator._legacy_stream import LegacyDecoder
 from translator._sse import SSEDecoder
+from translator.chat._fold import fold_completion
+from translator.legacy._stream import LegacyDecoder
 
 SCENARIOS = list_scenarios("legacy")
 
@@ -120,7 +120,7 @@ def test_replay_reports_errors_from_feed():
 
 def test_error_before_content_is_raised_by_feed_itself():
     scenario = load_scenario("rate_limit_error")
-    from translator._response import ResponseTranslator
+    from translator.chat._response import ResponseTranslator
 
     t = ResponseTranslator(LegacyDecoder(), **scenario.translator_kwargs)
     with pytest.raises(RemoteProtocolError):

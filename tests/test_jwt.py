@@ -6,7 +6,7 @@ import json
 import pytest
 
 from translator import RemoteProtocolError
-from translator._jwt import JwtClaims, decode_jwt_claims
+from translator.connect._jwt import JwtClaims, decode_jwt_claims
 
 
 def b64(raw: bytes) -> str:

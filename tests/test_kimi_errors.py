@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from tests.schema_check import assert_valid
 from translator._errors import RemoteProtocolError
-from translator._kimi_errors import error_for_type, is_moderation, kimi_error, retry_after_seconds
+from translator.legacy._errors import error_for_type, is_moderation, kimi_error, retry_after_seconds
 
 
 @pytest.mark.parametrize(

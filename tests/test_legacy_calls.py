@@ -9,7 +9,9 @@ import pytest
 from schemas import schema_errors
 from tests.schema_check import assert_valid
 from translator._errors import LocalProtocolError
-from translator._legacy_calls import (
+from translator._plan import KimiCall, ModelFlags
+from translator.chat._models import K1_AGENT_ID, resolve_model
+from translator.legacy._calls import (
     REFRESH_PATH,
     UploadedFile,
     completion_call,
@@ -23,8 +25,6 @@ from translator._legacy_calls import (
     research_usage_call,
     user_call,
 )
-from translator._models import K1_AGENT_ID, resolve_model
-from translator._plan import KimiCall, ModelFlags
 
 CONV = "cq1p2n3d4e5f6g7h8i9j"
 DOC = UploadedFile(

@@ -10,7 +10,6 @@ from hypothesis import strategies as st
 
 from tests.schema_check import assert_valid
 from translator._errors import RemoteProtocolError
-from translator._legacy_stream import KimiEvent, LegacyDecoder, parse_kimi_event
 from translator._upstream import (
     ContentFiltered,
     Finished,
@@ -24,6 +23,7 @@ from translator._upstream import (
     UpstreamEvent,
     UpstreamFailure,
 )
+from translator.legacy._stream import KimiEvent, LegacyDecoder, parse_kimi_event
 
 
 def frame(obj: object) -> bytes:

@@ -13,8 +13,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from addon._chat import ChatStats
-from addon._messages import MessagesReply, add_messages_routes, anthropic_credentials
+from addon.serve._messages import MessagesReply, add_messages_routes, anthropic_credentials
+from addon.upstream._chat import ChatStats
 from tests.schema_check import assert_valid
 from translator import RemoteProtocolError
 

@@ -1,4 +1,4 @@
-"""addon._metrics.endpoint_of: the bounded `endpoint` label of the request metrics."""
+"""addon.serve._metrics.endpoint_of: the bounded `endpoint` label of the request metrics."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import make_mocked_request
 
-from addon._metrics import endpoint_of
+from addon.serve._metrics import endpoint_of
 
 
 async def _noop(request: web.Request) -> web.Response:

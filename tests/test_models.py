@@ -1,4 +1,4 @@
-"""Model names → Kimi flags (the table in translator/_models.py), and the /v1/models body."""
+"""Model names → Kimi flags (the table in translator/chat/_models.py), and the /v1/models body."""
 
 from __future__ import annotations
 
@@ -8,7 +8,8 @@ import pytest
 
 from tests.schema_check import assert_valid
 from translator._errors import LocalProtocolError
-from translator._models import (
+from translator._plan import ModelFlags
+from translator.chat._models import (
     K1_AGENT_ID,
     MODEL_CATALOG,
     MODEL_NAME,
@@ -16,7 +17,6 @@ from translator._models import (
     model_list,
     resolve_model,
 )
-from translator._plan import ModelFlags
 
 DEFAULT = ModelFlags()
 

@@ -17,9 +17,9 @@ import pytest
 from fixtures.golden import list_scenarios, load_scenario, replay
 from schemas import SCHEMA_NAMES, schema_errors
 from tests.openapi_check import assert_openapi_valid, openapi_errors, subset
-from translator._connect_stream import ConnectDecoder
-from translator._fold import fold_completion
-from translator._legacy_stream import LegacyDecoder
+from translator.chat._fold import fold_completion
+from translator.connect._stream import ConnectDecoder
+from translator.legacy._stream import LegacyDecoder
 
 ROOT = Path(__file__).parent.parent
 OPENAI = ROOT / "schemas" / "openai"

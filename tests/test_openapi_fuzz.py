@@ -25,7 +25,7 @@ import jsonschema
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from addon._openapi import openapi_document
+from addon.serve._openapi import openapi_document
 from fixtures.fake_kimi import FakeKimi
 from tests.proxy_harness import running_proxy
 from tests.schema_check import assert_valid

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from addon._ratelimit import RateLimiter
+from addon.serve._ratelimit import RateLimiter
 
 
 class Clock:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from addon._store import Store
+from addon.store._store import Store
 from fixtures.fake_kimi import FakeKimi
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]

@@ -13,8 +13,8 @@ from mitmproxy import http
 from mitmproxy.io import FlowWriter
 from mitmproxy.test import tflow
 
-import addon._replay as replay_mod
-from addon._replay import NO_BODY_HINT, run_replay
+import addon.capture._replay as replay_mod
+from addon.capture._replay import NO_BODY_HINT, run_replay
 from addon.cli import main
 from fixtures.golden import ROOT, list_scenarios, load_scenario
 from tests.schema_check import assert_valid

@@ -13,18 +13,18 @@ from hypothesis import strategies as st
 from schemas import schema_errors
 from tests.schema_check import assert_valid
 from translator._errors import LocalProtocolError
-from translator._legacy_calls import completion_call
-from translator._messages import (
+from translator._plan import ChatPlan, InlineFile, Message, UrlFile
+from translator.chat._messages import (
     LATEST_FILES_HINT,
     LATEST_HINT,
     flatten_messages,
     normalise_messages,
     wrap_urls,
 )
-from translator._models import resolve_model
-from translator._plan import ChatPlan, InlineFile, Message, UrlFile
-from translator._request import plan_chat
-from translator._validate import check_conversation_id, validate_request
+from translator.chat._models import resolve_model
+from translator.chat._request import plan_chat
+from translator.chat._validate import check_conversation_id, validate_request
+from translator.legacy._calls import completion_call
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\0" * 16
 PDF = b"%PDF-1.7\n%\xe2\xe3\xcf\xd3\n"

@@ -29,10 +29,10 @@ from schemas import load_schema, schema_errors
 from tests.schema_check import assert_valid
 from tests.test_request import VALID
 from translator._errors import LocalProtocolError
-from translator._legacy_calls import UploadedFile, completion_call, continuation_call
 from translator._plan import ChatPlan, InlineFile
-from translator._request import plan_chat
-from translator._validate import _FIELDS, validate_request
+from translator.chat._request import plan_chat
+from translator.chat._validate import _FIELDS, validate_request
+from translator.legacy._calls import UploadedFile, completion_call, continuation_call
 
 
 # hypothesis-jsonschema 0.23.1 drives Hypothesis's private `many` with `.more()`, which Hypothesis
@@ -170,7 +170,7 @@ def _refs(node: Any) -> list[str]:
     return []
 
 
-#: the top-level fields the hand validator reads (translator/_validate.py)
+#: the top-level fields the hand validator reads (translator/chat/_validate.py)
 READ = {"model", "messages", *_FIELDS}
 REQUESTS = from_schema(projection(load_schema("openai.request"), READ))
 ACCEPTED = from_schema(load_schema("openai.request.accepted"))

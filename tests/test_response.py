@@ -7,9 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.schema_check import assert_valid
-from translator._assembler import State
 from translator._errors import LocalProtocolError, RemoteProtocolError
-from translator._response import ResponseTranslator
 from translator._sse import encode_sse
 from translator._upstream import (
     ContentFiltered,
@@ -24,6 +22,8 @@ from translator._upstream import (
     Unknown,
     UpstreamFailure,
 )
+from translator.chat._assembler import State
+from translator.chat._response import ResponseTranslator
 
 
 class Script:

@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 from fixtures.golden import list_scenarios, load_scenario, normalise, replay
 from tests.schema_check import assert_valid
 from translator._errors import RemoteProtocolError
-from translator._fold import fold_completion
-from translator._legacy_stream import LegacyDecoder
-from translator._response import ResponseTranslator
 from translator._sse import SSEDecoder, encode_sse
+from translator.chat._fold import fold_completion
+from translator.chat._response import ResponseTranslator
+from translator.legacy._stream import LegacyDecoder
 
 SCENARIOS = list_scenarios("legacy")
 

@@ -1,4 +1,4 @@
-"""translator._responses_request: a Responses API request → the chat request the pipeline serves.
+"""translator.responses._request: a Responses API request → the chat request the pipeline serves.
 
 Every accepted request is also checked against schemas/openai/responses-request.json, and the
 chat request it maps to is planned by `plan_chat` (the one pipeline accepts what we produce).

@@ -1,4 +1,4 @@
-"""translator._responses_stream: chat chunks → Responses events, and the folded Response.
+"""translator.responses._stream: chat chunks → Responses events, and the folded Response.
 
 Synthetic chunks in OpenAI's `chat.completion.chunk` shape (text, reasoning, tool_calls deltas
 with finish_reason "tool_calls", annotations, usage), and the golden Kimi streams of both
@@ -24,8 +24,8 @@ from translator import (
     fold_response,
     plan_responses,
 )
-from translator._connect_stream import ConnectDecoder
-from translator._legacy_stream import LegacyDecoder
+from translator.connect._stream import ConnectDecoder
+from translator.legacy._stream import LegacyDecoder
 
 ECHO = plan_responses({"model": "kimi", "input": "hi"}).echo
 BASE = {"id": "chat1", "object": "chat.completion.chunk", "created": 1, "model": "kimi"}

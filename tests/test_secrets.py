@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from addon._secrets import (
+from addon.accounts._secrets import (
     REDACTED,
     constant_time_equal,
     fingerprint,

@@ -8,8 +8,8 @@ import logging
 import httpx
 import pytest
 
-from addon._logging import JsonFormatter
 from addon.cli import build_parser
+from addon.process._logging import JsonFormatter
 from fixtures.fake_kimi import FakeKimi
 from tests.service_process import running_service
 

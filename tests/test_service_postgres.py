@@ -20,7 +20,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from addon._store_pg import PgStore
+from addon.store._pg import PgStore
 from fixtures.fake_kimi import FakeKimi
 from tests.service_process import ROOT, running_service
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from addon._config import ConfigError, load_config
+from addon.process._config import ConfigError, load_config
 from fixtures.fake_kimi import FakeKimi
 from tests.schema_check import assert_valid
 from tests.service_process import ROOT, command, free_port, running_service

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from addon._secrets import fingerprint
-from addon._store import MIGRATIONS, SCHEMA_VERSION, AccountView, Store, StoreError
+from addon.accounts._secrets import fingerprint
+from addon.store._store import MIGRATIONS, SCHEMA_VERSION, AccountView, Store, StoreError
 
 ROOT = Path(__file__).resolve().parent.parent
 T1 = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJ1MSJ9.original-refresh-token-1"
@@ -197,7 +197,7 @@ def test_two_processes_share_one_file(tmp_path):
         _run_child(
             f"""
             import os
-            from addon._store import Store
+            from addon.store._store import Store
             s = Store({str(path)!r})
             acct = s.account_for_token({T1!r}, now=2.0)
             assert acct.id == {a.id!r}
@@ -215,7 +215,7 @@ def test_two_processes_share_one_file(tmp_path):
         mine.set_health(a.id, "dead", now=3.0, error="boom")
         _run_child(
             f"""
-            from addon._store import Store
+            from addon.store._store import Store
             s = Store({str(path)!r})
             assert s.get_account({a.id!r}).health == "dead"
             s.close()

@@ -8,9 +8,9 @@ import inspect
 
 import pytest
 
-from addon._store import StoreError
-from addon._store_pg import PgStore, open_store, safe_url
-from addon._store_records import SCHEMA_VERSION
+from addon.store._pg import PgStore, open_store, safe_url
+from addon.store._records import SCHEMA_VERSION
+from addon.store._store import StoreError
 from tests import test_store as suite
 
 
@@ -141,7 +141,7 @@ def test_a_failed_write_transaction_leaves_nothing_and_the_store_goes_on(store):
 
 
 def test_sql_translation():
-    from addon._store_pg import _translate
+    from addon.store._pg import _translate
 
     columns = (("pending_deletions", ("conversation_id", "account_id", "due_at", "claimed_by")),)
     sql = _translate(

@@ -1,9 +1,9 @@
-"""The stored Responses API answers (addon/_store_responses.py): a row lives exactly as long as
+"""The stored Responses API answers (addon/store/_responses.py): a row lives exactly as long as
 its Kimi conversation is ours and not yet deleted."""
 
 from __future__ import annotations
 
-from addon._store import Store, StoredResponse
+from addon.store._store import Store, StoredResponse
 
 
 def stored(response_id: str, conversation_id: str, account_id: str, *, at: float, parent=None):

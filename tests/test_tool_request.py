@@ -1,15 +1,15 @@
 """The request side of tools, structured output, stop and max_tokens: ChatPlan fields, the tool
-prompt (exact text, shown in translator/_tool_prompt.py's docstring), and the history form."""
+prompt (exact text, shown in translator/tools/_prompt.py's docstring), and the history form."""
 
 from __future__ import annotations
 
 import pytest
 
-import translator._tool_prompt as tool_prompt
+import translator.tools._prompt as tool_prompt
 from translator import LocalProtocolError, plan_chat
-from translator._messages import flatten_messages, normalise_messages
 from translator._plan import OutputFormat, ToolSpec
-from translator._tool_prompt import (
+from translator.chat._messages import flatten_messages, normalise_messages
+from translator.tools._prompt import (
     assistant_text,
     compose_prompt,
     render_call,
@@ -244,7 +244,7 @@ def test_repair_prompts():
 
 
 def test_schema_problems_are_described_for_the_model():
-    from translator._json_schema import schema_problem
+    from translator.tools._json_schema import schema_problem
 
     schema = {
         "type": "object",
@@ -257,7 +257,7 @@ def test_schema_problems_are_described_for_the_model():
 
 
 def test_plan_prompt_adds_the_instructions_to_new_turns():
-    from translator._tool_prompt import plan_prompt, repair_json_prompt, repair_tool_prompt
+    from translator.tools._prompt import plan_prompt, repair_json_prompt, repair_tool_prompt
 
     plan = plan_chat(request(tools=[WEATHER], response_format={"type": "json_object"}))
     assert plan_prompt(plan, "hi") == plan.prompt

@@ -10,10 +10,10 @@ import pytest
 
 from tests.tool_streams import connect_body, legacy_body, request, run
 from translator import plan_chat
-from translator._answer_shaper import AnswerShaper
-from translator._tool_calls import CallProblem, ToolCall, decode_json_value, validate_call
-from translator._tool_parser import RawCall, ToolCallParser
-from translator._tool_prompt import REPAIR_LEAD
+from translator.tools._calls import CallProblem, ToolCall, decode_json_value, validate_call
+from translator.tools._parser import RawCall, ToolCallParser
+from translator.tools._prompt import REPAIR_LEAD
+from translator.tools._shaper import AnswerShaper
 
 GOOD = '<tool_call name="get_weather">\n{"city": "Paris"}\n</tool_call>'
 PARIS = '{"city": "Paris"}'
@@ -504,8 +504,8 @@ def test_a_stop_string_in_the_last_held_text():
 
 
 def test_feed_after_the_cut_reads_nothing():
-    from translator._legacy_stream import LegacyDecoder
-    from translator._response import ResponseTranslator
+    from translator.chat._response import ResponseTranslator
+    from translator.legacy._stream import LegacyDecoder
 
     plan = plan_chat(request(tools=None, stop="b"))
     t = ResponseTranslator(
@@ -554,9 +554,9 @@ def test_json_after_search_citations_is_set_apart():
 
 
 def test_the_shaped_assembler_counts_and_refuses_like_the_plain_one():
-    from translator._assembler import ShapedAssembler, State
     from translator._errors import RemoteProtocolError
     from translator._upstream import Noise, ReasoningDelta, TextDelta, Unknown
+    from translator.chat._assembler import ShapedAssembler, State
 
     asm = ShapedAssembler(
         completion_id="c",

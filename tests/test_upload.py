@@ -8,10 +8,10 @@ import json
 import httpx
 import pytest
 
-from addon._fetch import Fetcher, FetchError, FetchPolicy
-from addon._upload import UploadedFile, Uploader, UploadError
+from addon.upstream._fetch import Fetcher, FetchError, FetchPolicy
+from addon.upstream._upload import UploadedFile, Uploader, UploadError
 from translator import InlineFile, KimiCall, UrlFile
-from translator._legacy_calls import UploadedFile as RefFile
+from translator.legacy._calls import UploadedFile as RefFile
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
 PDF = b"%PDF-1.7\n" + b"%" * 64

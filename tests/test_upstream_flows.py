@@ -9,14 +9,14 @@ from mitmproxy.addons.view import View
 from mitmproxy.test import taddons, tflow, tutils
 from mitmproxy.tools.web.app import flow_to_json
 
-from addon._kimi import UpstreamExchange
-from addon._upstream_flows import (
+from addon.capture._upstream_flows import (
     REDACTED,
     UpstreamFlows,
     exchange_flow,
     keep_streamed_body,
     redact,
 )
+from addon.upstream._kimi import UpstreamExchange
 
 ACCESS = "eyJhbGciOiJIUzUxMiJ9.eyJzdWIiOiJ1MSJ9.c2lnbmF0dXJl"
 REFRESH = "refresh-token-of-alice"

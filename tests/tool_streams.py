@@ -10,12 +10,12 @@ from typing import Any
 
 from tests.schema_check import assert_valid
 from translator import RemoteProtocolError, plan_chat
-from translator._answer_shaper import AnswerShaper
-from translator._connect_frames import encode_envelope
-from translator._connect_stream import ConnectDecoder
-from translator._fold import fold_completion
-from translator._legacy_stream import LegacyDecoder
-from translator._response import ResponseTranslator
+from translator.chat._fold import fold_completion
+from translator.chat._response import ResponseTranslator
+from translator.connect._frames import encode_envelope
+from translator.connect._stream import ConnectDecoder
+from translator.legacy._stream import LegacyDecoder
+from translator.tools._shaper import AnswerShaper
 
 TOOLS = [
     {

@@ -15,71 +15,6 @@ so it can be tested without a network. See docs/translator.md for the API and a 
 
 from __future__ import annotations
 
-from ._answer_shaper import (
-    AnswerShaper,
-    Outcome,
-)
-from ._anthropic_errors import (
-    ANTHROPIC_ERROR_TYPES,
-    OVERLOADED_STATUS,
-    anthropic_error,
-)
-from ._anthropic_request import (
-    CLAUDE_MODEL,
-    CLAUDE_THINKING_MODEL,
-    MAX_STOP_SEQUENCES,
-    MessagesCall,
-    translate_messages,
-)
-from ._anthropic_stream import (
-    STOP_REASONS,
-    MessagesEncoder,
-    encode_event,
-    fold_message,
-    thinking_signature,
-)
-from ._assembler import (
-    Assembler,
-    ShapedAssembler,
-    State,
-)
-from ._connect_calls import (
-    CHAT_SERVICE,
-    DELETE_CHAT_SERVICE,
-    DELETE_CHAT_SERVICES,
-    DeleteOutcome,
-    chat_call,
-    delete_chat_call,
-    delete_outcome,
-    session_headers,
-    validate_chat_id,
-)
-from ._connect_frames import (
-    DEFAULT_MAX_MESSAGE_BYTES,
-    FLAG_COMPRESSED,
-    FLAG_END_STREAM,
-    Envelope,
-    EnvelopeDecoder,
-    encode_envelope,
-)
-from ._connect_models import (
-    AVAILABLE_MODELS_PATH,
-    BUILTIN_CATALOG,
-    KimiModel,
-    ModelCatalog,
-    OfferedModel,
-    available_models_call,
-    catalog_changes,
-    catalog_model_list,
-    offered_models,
-    read_model_catalog,
-    with_catalog,
-)
-from ._connect_stream import (
-    MODERATION_REASON_MARKERS,
-    ConnectDecoder,
-    connect_error,
-)
 from ._dataurl import (
     DataURL,
     effective_mime,
@@ -94,58 +29,6 @@ from ._errors import (
     RemoteProtocolError,
     TranslatorError,
 )
-from ._fold import (
-    fold_completion,
-)
-from ._json_schema import (
-    check_schema,
-    schema_problem,
-)
-from ._jwt import (
-    JwtClaims,
-    decode_jwt_claims,
-)
-from ._kimi_errors import (
-    error_for_type,
-    is_moderation,
-    kimi_error,
-    retry_after_seconds,
-)
-from ._legacy_calls import (
-    REFRESH_PATH,
-    UploadedFile,
-    completion_call,
-    continuation_call,
-    create_conversation_call,
-    delete_conversation_call,
-    parse_process_call,
-    presign_call,
-    refresh_token_call,
-    register_file_call,
-    research_usage_call,
-    user_call,
-)
-from ._legacy_stream import (
-    KimiEvent,
-    LegacyDecoder,
-    parse_kimi_event,
-)
-from ._messages import (
-    LATEST_FILES_HINT,
-    LATEST_HINT,
-    flatten_messages,
-    normalise_messages,
-    wrap_urls,
-)
-from ._models import (
-    K1_AGENT_ID,
-    MODEL_CATALOG,
-    MODEL_NAME,
-    MODEL_TABLE,
-    ModelRule,
-    model_list,
-    resolve_model,
-)
 from ._plan import (
     ChatPlan,
     FileSource,
@@ -157,20 +40,6 @@ from ._plan import (
     ToolSpec,
     UrlFile,
 )
-from ._request import (
-    plan_chat,
-)
-from ._response import (
-    ResponseTranslator,
-)
-from ._responses_request import (
-    ResponsesPlan,
-    plan_responses,
-)
-from ._responses_stream import (
-    ResponsesEncoder,
-    fold_response,
-)
 from ._sse import (
     DEFAULT_MAX_BYTES,
     SSE_DONE,
@@ -179,38 +48,6 @@ from ._sse import (
     encode_sse,
     encode_sse_comment,
     encode_sse_event,
-)
-from ._tool_calls import (
-    CallProblem,
-    ToolCall,
-    decode_json_value,
-    validate_call,
-)
-from ._tool_parser import (
-    RawCall,
-    ToolCallParser,
-)
-from ._tool_prompt import (
-    CALL_CLOSE,
-    CHOICE_RULES,
-    OUTPUT_JSON,
-    OUTPUT_SCHEMA,
-    PARALLEL_RULES,
-    REPAIR_LEAD,
-    RESULT_CLOSE,
-    TOOLS_CLOSE,
-    TOOLS_OPEN,
-    assistant_text,
-    compose_prompt,
-    output_instructions,
-    plan_prompt,
-    render_call,
-    render_result,
-    repair_json_prompt,
-    repair_missing_call_prompt,
-    repair_tool_prompt,
-    tool_instructions,
-    tool_name_problem,
 )
 from ._upstream import (
     ContentFiltered,
@@ -232,9 +69,172 @@ from ._usage import (
     token_weight,
     usage_for,
 )
-from ._validate import (
+from .anthropic._errors import (
+    ANTHROPIC_ERROR_TYPES,
+    OVERLOADED_STATUS,
+    anthropic_error,
+)
+from .anthropic._request import (
+    CLAUDE_MODEL,
+    CLAUDE_THINKING_MODEL,
+    MAX_STOP_SEQUENCES,
+    MessagesCall,
+    translate_messages,
+)
+from .anthropic._stream import (
+    STOP_REASONS,
+    MessagesEncoder,
+    encode_event,
+    fold_message,
+    thinking_signature,
+)
+from .chat._assembler import (
+    Assembler,
+    ShapedAssembler,
+    State,
+)
+from .chat._fold import (
+    fold_completion,
+)
+from .chat._messages import (
+    LATEST_FILES_HINT,
+    LATEST_HINT,
+    flatten_messages,
+    normalise_messages,
+    wrap_urls,
+)
+from .chat._models import (
+    K1_AGENT_ID,
+    MODEL_CATALOG,
+    MODEL_NAME,
+    MODEL_TABLE,
+    ModelRule,
+    model_list,
+    resolve_model,
+)
+from .chat._request import (
+    plan_chat,
+)
+from .chat._response import (
+    ResponseTranslator,
+)
+from .chat._validate import (
     check_conversation_id,
     validate_request,
+)
+from .connect._calls import (
+    CHAT_SERVICE,
+    DELETE_CHAT_SERVICE,
+    DELETE_CHAT_SERVICES,
+    DeleteOutcome,
+    chat_call,
+    delete_chat_call,
+    delete_outcome,
+    session_headers,
+    validate_chat_id,
+)
+from .connect._frames import (
+    DEFAULT_MAX_MESSAGE_BYTES,
+    FLAG_COMPRESSED,
+    FLAG_END_STREAM,
+    Envelope,
+    EnvelopeDecoder,
+    encode_envelope,
+)
+from .connect._jwt import (
+    JwtClaims,
+    decode_jwt_claims,
+)
+from .connect._models import (
+    AVAILABLE_MODELS_PATH,
+    BUILTIN_CATALOG,
+    KimiModel,
+    ModelCatalog,
+    OfferedModel,
+    available_models_call,
+    catalog_changes,
+    catalog_model_list,
+    offered_models,
+    read_model_catalog,
+    with_catalog,
+)
+from .connect._stream import (
+    MODERATION_REASON_MARKERS,
+    ConnectDecoder,
+    connect_error,
+)
+from .legacy._calls import (
+    REFRESH_PATH,
+    UploadedFile,
+    completion_call,
+    continuation_call,
+    create_conversation_call,
+    delete_conversation_call,
+    parse_process_call,
+    presign_call,
+    refresh_token_call,
+    register_file_call,
+    research_usage_call,
+    user_call,
+)
+from .legacy._errors import (
+    error_for_type,
+    is_moderation,
+    kimi_error,
+    retry_after_seconds,
+)
+from .legacy._stream import (
+    KimiEvent,
+    LegacyDecoder,
+    parse_kimi_event,
+)
+from .responses._request import (
+    ResponsesPlan,
+    plan_responses,
+)
+from .responses._stream import (
+    ResponsesEncoder,
+    fold_response,
+)
+from .tools._calls import (
+    CallProblem,
+    ToolCall,
+    decode_json_value,
+    validate_call,
+)
+from .tools._json_schema import (
+    check_schema,
+    schema_problem,
+)
+from .tools._parser import (
+    RawCall,
+    ToolCallParser,
+)
+from .tools._prompt import (
+    CALL_CLOSE,
+    CHOICE_RULES,
+    OUTPUT_JSON,
+    OUTPUT_SCHEMA,
+    PARALLEL_RULES,
+    REPAIR_LEAD,
+    RESULT_CLOSE,
+    TOOLS_CLOSE,
+    TOOLS_OPEN,
+    assistant_text,
+    compose_prompt,
+    output_instructions,
+    plan_prompt,
+    render_call,
+    render_result,
+    repair_json_prompt,
+    repair_missing_call_prompt,
+    repair_tool_prompt,
+    tool_instructions,
+    tool_name_problem,
+)
+from .tools._shaper import (
+    AnswerShaper,
+    Outcome,
 )
 
 __all__ = [

@@ -1,0 +1,2 @@
+"""Kimi accounts: the pool and its leases, token refresh, secrets and fingerprints.
+"""

@@ -1,0 +1,3 @@
+"""The persistent store (SQLite, or PostgreSQL for several hosts): accounts, tokens, locks, queues,
+stored responses.
+"""

@@ -1,0 +1,3 @@
+"""Everything that talks to Kimi: the HTTP client, one chat completion, dialects, conversations,
+uploads, safe fetching.
+"""

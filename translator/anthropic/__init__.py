@@ -1,0 +1,3 @@
+"""The Anthropic Messages API face: its request onto the chat pipeline, chat chunks onto its
+events, its errors.
+"""

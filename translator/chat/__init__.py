@@ -1,0 +1,3 @@
+"""The chat completions face: request validation and planning, the answer's state machine, chunks
+and their fold.
+"""

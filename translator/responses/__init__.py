@@ -1,0 +1,2 @@
+"""The OpenAI Responses API face: its request onto the chat pipeline, chat chunks onto its events.
+"""

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+from fixtures.golden import normalise
 from translator._errors import RemoteProtocolError
 from translator._upstream import (
     ContentFiltered,
@@ -204,36 +205,9 @@ def _legacy_expected(body: bytes, meta: dict[str, Any]) -> dict[str, Any]:
         chunks += translator.close()
     except RemoteProtocolError as exc:
         error = exc
-    content: list[str] = []
-    reasoning: list[str] = []
-    finish: str | None = None
-    annotations: list[Any] = []
-    ids: set[str] = set()
-    usage: Any = None
-    for chunk in chunks:
-        ids.add(chunk["id"])
-        usage = chunk.get("usage") or usage
-        for choice in chunk["choices"]:
-            delta = choice["delta"]
-            content.append(delta.get("content") or "")
-            reasoning.append(delta.get("reasoning_content") or "")
-            annotations.extend(delta.get("annotations") or ())
-            finish = choice["finish_reason"] or finish
-    return {
-        "content": "".join(content),
-        "reasoning": "".join(reasoning),
-        "finish_reason": finish,
-        "annotations": annotations,
-        "ids": sorted(ids),
-        "usage": usage,
-        "error": None
-        if error is None
-        else {
-            "status": error.status,
-            "type": error.type,
-            "code": error.code,
-            "message": error.message,
-        },
-        "event_counts": translator.event_counts,
-        "continued_from": [],
-    }
+    # The same normal form the golden tests compare (fixtures/golden.py), so a saved fixture
+    # passes them by construction.
+    expected = normalise(chunks, error)
+    expected["event_counts"] = translator.event_counts
+    expected["continued_from"] = []
+    return expected

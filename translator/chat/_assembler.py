@@ -50,8 +50,8 @@ from __future__ import annotations
 
 import enum
 import hashlib
-from collections.abc import Callable
-from typing import Any, Final
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Final
 
 from translator._errors import RemoteProtocolError
 from translator._upstream import (
@@ -119,6 +119,10 @@ _NEXT: Final = {s: {c: t for (s2, c), t in _TRANSITIONS.items() if s2 is s} for 
 class Assembler:
     """Turns `UpstreamEvent`s into OpenAI `chat.completion.chunk` dicts (see module doc).
     Used through `ResponseTranslator`; it never sees bytes."""
+
+    #: what each event does besides its transition: `_ACTIONS`, or `_SHAPED_ACTIONS` in the
+    #: subclass that shapes the answer (set below, once the methods exist)
+    _actions: ClassVar[Mapping[type[UpstreamEvent], Callable[[Assembler, Any], None]]]
 
     def __init__(
         self,
@@ -246,7 +250,7 @@ class Assembler:
                 )
             )
         self.state = target
-        action = _ACTIONS.get(type(ev))
+        action = self._actions.get(type(ev))
         if action is not None:
             action(self, ev)
 
@@ -542,6 +546,7 @@ _ACTIONS: Final[dict[type[UpstreamEvent], Callable[[Assembler, Any], None]]] = {
     Finished: Assembler._on_finished,
     UpstreamFailure: Assembler._on_failure,
 }
+Assembler._actions = _ACTIONS
 _SHAPED_ACTIONS: Final[dict[type[UpstreamEvent], Callable[[Assembler, Any], None]]] = {
     **_ACTIONS,
     TextDelta: Assembler._on_shaped_text,
@@ -553,25 +558,7 @@ class ShapedAssembler(Assembler):
     """An `Assembler` whose text and reasoning go through its `AnswerShaper` first. A subclass,
     so the plain answer's per-event path stays exactly what it is without one."""
 
-    def handle(self, ev: UpstreamEvent) -> None:
-        if isinstance(ev, Noise):
-            self.count(f"Noise:{ev.kind}")
-        elif isinstance(ev, Unknown):
-            self.count(f"Unknown:{ev.kind}")
-        else:
-            self.count(type(ev).__name__)
-        target = _NEXT[self.state].get(type(ev))
-        if target is None:
-            raise self.fail(
-                RemoteProtocolError(
-                    f"Kimi sent an unexpected {type(ev).__name__} in state {self.state.name}",
-                    code="upstream_protocol_error",
-                )
-            )
-        self.state = target
-        action = _SHAPED_ACTIONS.get(type(ev))
-        if action is not None:
-            action(self, ev)
+    _actions = _SHAPED_ACTIONS
 
 
 def _md_label(text: str) -> str:

@@ -8,31 +8,23 @@ another one). The run is bounded (120 s) and killed on timeout.
 
 from __future__ import annotations
 
-import asyncio
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.agent_cli import cli_or_skip, run_cli
 from tests.proxy_harness import running_proxy
 from tests.test_e2e_dialects import TOKEN
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-ROOT = Path(__file__).resolve().parent.parent
-CLAUDE = Path(os.environ.get("KFA_CLAUDE_BIN") or ROOT / ".cache/npm/node_modules/.bin/claude")
-RUN_TIMEOUT = 120.0
 SECRET = "The secret word is pelican."
 
 
 def claude_or_skip() -> Path:
-    if CLAUDE.exists():
-        return CLAUDE
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"Claude Code is not installed at {CLAUDE} (scripts/dev test installs it)")
-    pytest.skip(f"Claude Code is not installed at {CLAUDE}: run CI=true scripts/dev test once")
+    return cli_or_skip("claude", env_var="KFA_CLAUDE_BIN", what="Claude Code")
 
 
 async def run_claude(binary: Path, base_url: str, work: Path, home: Path, prompt: str):
@@ -48,25 +40,9 @@ async def run_claude(binary: Path, base_url: str, work: Path, home: Path, prompt
         "DISABLE_AUTOUPDATER": "1",
         "DISABLE_ERROR_REPORTING": "1",
     }
-    process = await asyncio.create_subprocess_exec(
-        str(binary),
-        "-p",
-        prompt,
-        "--output-format",
-        "json",
-        cwd=work,
-        env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
+    return await run_cli(
+        [str(binary), "-p", prompt, "--output-format", "json"], cwd=work, env=env
     )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), RUN_TIMEOUT)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        pytest.fail(f"claude did not finish within {RUN_TIMEOUT:.0f} s")
-    return process.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
 
 async def test_claude_code_reads_a_file_through_the_proxy(fake, dialect, tmp_path):

@@ -9,20 +9,16 @@ The run is bounded (120 s) and killed on timeout.
 
 from __future__ import annotations
 
-import asyncio
-import os
 from pathlib import Path
 
 import pytest
 
+from tests.agent_cli import cli_or_skip, run_cli
 from tests.proxy_harness import running_proxy
 from tests.test_e2e_dialects import TOKEN
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
-ROOT = Path(__file__).resolve().parent.parent
-CODEX = Path(os.environ.get("KFA_CODEX_BIN") or ROOT / ".cache/npm/node_modules/.bin/codex")
-RUN_TIMEOUT = 120.0
 SECRET = "The secret word is heron."
 
 #: the model provider pointing Codex at the proxy (README shows the same file)
@@ -50,11 +46,7 @@ enabled = false
 
 
 def codex_or_skip() -> Path:
-    if CODEX.exists():
-        return CODEX
-    if os.environ.get("CI") == "true":
-        pytest.fail(f"Codex CLI is not installed at {CODEX} (scripts/dev test installs it)")
-    pytest.skip(f"Codex CLI is not installed at {CODEX}: run CI=true scripts/dev test once")
+    return cli_or_skip("codex", env_var="KFA_CODEX_BIN", what="Codex CLI")
 
 
 async def run_codex(binary: Path, base_url: str, work: Path, home: Path, prompt: str):
@@ -68,25 +60,11 @@ async def run_codex(binary: Path, base_url: str, work: Path, home: Path, prompt:
         "CODEX_HOME": str(home),
         "KFA_API_KEY": TOKEN,
     }
-    process = await asyncio.create_subprocess_exec(
-        str(binary),
-        "exec",
-        "--strict-config",
-        "--skip-git-repo-check",
-        prompt,
+    return await run_cli(
+        [str(binary), "exec", "--strict-config", "--skip-git-repo-check", prompt],
         cwd=work,
         env=env,
-        stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.PIPE,
     )
-    try:
-        out, err = await asyncio.wait_for(process.communicate(), RUN_TIMEOUT)
-    except TimeoutError:
-        process.kill()
-        await process.wait()
-        pytest.fail(f"codex did not finish within {RUN_TIMEOUT:.0f} s")
-    return process.returncode, out.decode(errors="replace"), err.decode(errors="replace")
 
 
 async def test_codex_reads_a_file_through_the_proxy(fake, dialect, tmp_path):

@@ -30,11 +30,21 @@ ROUNDS = 10
 TOKENS = [f"rt-shared-{n:02d}-5c0f3e9a71" for n in range(10)]
 
 
-async def run_workers(fake: FakeKimi, store_path: Path, processes: int, rounds: int) -> list[dict]:
-    Store(store_path).close()  # created (and migrated) once, before the race
+async def run_workers(
+    base_url: str,
+    store: str,
+    processes: int,
+    rounds: int,
+    tokens: list[str],
+    *,
+    timeout: float = 60.0,
+) -> list[dict]:
+    """`processes` copies of tests/refresh_worker.py racing on one store (a SQLite path or a
+    postgresql:// URL, already created), each doing `rounds` rounds over `tokens`: their JSON
+    reports."""
     start_at = time.time() + 3.0  # after every interpreter has started
-    command = [sys.executable, "-m", "tests.refresh_worker", str(store_path), fake.base_url]
-    command += [f"{start_at:.3f}", str(rounds), *TOKENS]
+    command = [sys.executable, "-m", "tests.refresh_worker", store, base_url]
+    command += [f"{start_at:.3f}", str(rounds), *tokens]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     procs = [
         await asyncio.create_subprocess_exec(
@@ -43,7 +53,7 @@ async def run_workers(fake: FakeKimi, store_path: Path, processes: int, rounds: 
         for _ in range(processes)
     ]
     try:
-        outputs = [await asyncio.wait_for(p.communicate(), 60) for p in procs]
+        outputs = [await asyncio.wait_for(p.communicate(), timeout) for p in procs]
     finally:
         for p in procs:
             if p.returncode is None:
@@ -62,7 +72,8 @@ async def test_processes_sharing_a_store_send_each_refresh_token_once(tmp_path, 
     async with FakeKimi(dialect_routes="both", access_ttl=3.0) as fake:
         for token in TOKENS:
             fake.add_account(token)
-        results = await run_workers(fake, store_path, processes, rounds=ROUNDS)
+        Store(store_path).close()  # created (and migrated) once, before the race
+        results = await run_workers(fake.base_url, str(store_path), processes, ROUNDS, TOKENS)
 
         refreshes = fake.record.refresh_calls()
         sent = Counter(r.headers["authorization"][7:] for r in refreshes)

@@ -9,12 +9,6 @@ sent to Kimi twice (Kimi rotates it on every use; a second use would kill the ac
 
 from __future__ import annotations
 
-import asyncio
-import json
-import os
-import subprocess
-import sys
-import time
 from collections import Counter
 
 import httpx
@@ -22,7 +16,8 @@ import pytest
 
 from addon.store._pg import PgStore
 from fixtures.fake_kimi import FakeKimi
-from tests.service_process import ROOT, running_service
+from tests.service_process import running_service
+from tests.test_refresh_processes import run_workers
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -77,39 +72,16 @@ async def test_two_proxies_on_one_postgres_store_share_an_account(tmp_path, post
         store.close()
 
 
-async def run_workers(base_url: str, url: str, processes: int, rounds: int) -> list[dict]:
-    PgStore(url).close()  # created (and migrated) once, before the race
-    start_at = time.time() + 3.0
-    command = [sys.executable, "-m", "tests.refresh_worker", url, base_url]
-    command += [f"{start_at:.3f}", str(rounds), *TOKENS]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    procs = [
-        await asyncio.create_subprocess_exec(
-            *command, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-        )
-        for _ in range(processes)
-    ]
-    try:
-        outputs = [await asyncio.wait_for(p.communicate(), 90) for p in procs]
-    finally:
-        for p in procs:
-            if p.returncode is None:
-                p.kill()
-                await p.wait()
-    results = []
-    for proc, (out, err) in zip(procs, outputs, strict=True):
-        assert proc.returncode == 0, err.decode()
-        results.append(json.loads(out.decode().strip().splitlines()[-1]))
-    return results
-
-
 async def test_processes_racing_on_postgres_send_each_refresh_token_once(postgres_server):
     url = postgres_server.new_database()
     processes = 4
     async with FakeKimi(dialect_routes="both", access_ttl=2.0) as fake:
         for token in TOKENS:
             fake.add_account(token)
-        results = await run_workers(fake.base_url, url, processes, rounds=ROUNDS)
+        PgStore(url).close()  # created (and migrated) once, before the race
+        results = await run_workers(
+            fake.base_url, url, processes, ROUNDS, TOKENS, timeout=90.0
+        )
         refreshes = fake.record.refresh_calls()
         sent = Counter(r.headers["authorization"][7:] for r in refreshes)
         assert sent

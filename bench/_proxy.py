@@ -80,7 +80,11 @@ async def start_proxy(
     options: dict[str, Any],
     profile: Path | None = None,
     loop: str = "default",
+    tree: Path | None = None,
 ) -> AsyncIterator[ProxyHandle]:
+    """The proxy under test. `tree`: run the proxy of another checkout of this project instead
+    (its own `.venv`), e.g. the release a speed target is measured against; its child speaks
+    the same stdin/stdout protocol but has no `--loop` (it runs asyncio's loop)."""
     if mode == "inprocess":
         from tests.proxy_harness import running_proxy
 
@@ -97,9 +101,11 @@ async def start_proxy(
         return
     if mode != "subprocess":
         raise ValueError(f"proxy mode is 'subprocess' or 'inprocess', got {mode!r}")
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    root = tree or ROOT
+    python = str(tree / ".venv" / "bin" / "python") if tree else sys.executable
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = await asyncio.create_subprocess_exec(
-        sys.executable,
+        python,
         "-m",
         "bench._proxy_child",
         "--kimi-base-url",
@@ -111,16 +117,18 @@ async def start_proxy(
         "--options",
         json.dumps(options),
         *(["--profile", str(profile)] if profile else []),
-        "--loop",
-        loop,
-        cwd=str(ROOT),
+        *([] if tree else ["--loop", loop]),
+        cwd=str(root),
         env=env,
         stdin=asyncio.subprocess.PIPE,
         stdout=asyncio.subprocess.PIPE,
     )
     child = _Child(url="", proc=proc)
     try:
-        child.loop = (await child._line()).removeprefix("LOOP ")
+        if tree:
+            child.loop = f"asyncio ({tree.name})"
+        else:
+            child.loop = (await child._line()).removeprefix("LOOP ")
         ready = await child._line()
         if not ready.startswith("READY "):
             raise RuntimeError(f"unexpected answer from the proxy process: {ready!r}")

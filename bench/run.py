@@ -45,12 +45,18 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "asyncio": ("asyncio", {}),
     "uvloop": ("uvloop", {}),
     "httpx": ("default", {"kimi_http_client": "httpx"}),
+    # the proxy of another checkout (--baseline-tree), e.g. the release the issue measured
+    "baseline": ("baseline", {}),
 }
 
 
 def default_completions(concurrency: int) -> int:
     """40 at c=1 (p99 is then the 40th value: read it as a max), 4 waves up to 500 in all."""
     return min(max(40, 4 * concurrency), max(concurrency, 500))
+
+
+#: 80 characters of echo: about 32 answer events of 1..4 characters each
+DEFAULT_PROMPT = "Measure the path, not the model: how long until the first token arrives?"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -63,7 +69,7 @@ class BenchConfig:
     token_rate: float = 200.0
     #: the fake writes each event in one piece (a server flushing per event), not 1..24 bytes
     chunk_size: tuple[int, int] = (4096, 4096)
-    prompt: str = "Measure the path, not the model: how long until the first token arrives?"
+    prompt: str = DEFAULT_PROMPT
     proxy_mode: str = "subprocess"
     #: the tokens are per worker (one account per open stream, like many users), so this only
     #: guards the rule; it is not what limits the benchmark
@@ -78,6 +84,8 @@ class BenchConfig:
     conversation_ttls: tuple[int, ...] = (600,)
     #: one whole run per proxy variant (VARIANTS): an A/B in one run, e.g. ("before", "after")
     proxy_variants: tuple[str, ...] = ("after",)
+    #: the checkout (with its own .venv) the "baseline" variant runs
+    baseline_tree: Path | None = None
     #: after the runs: completions/s at saturation with `kimi-free-api run --workers N` per N
     saturation_workers: tuple[int, ...] = ()
     saturation_concurrency: int = 100
@@ -132,6 +140,8 @@ async def run_bench(cfg: BenchConfig, *, workdir: Path | None = None) -> dict[st
     }
     result["config"]["conversation_ttls"] = list(cfg.conversation_ttls)
     result["config"]["proxy_variants"] = {v: VARIANTS[v] for v in cfg.proxy_variants}
+    if cfg.baseline_tree is not None:
+        result["config"]["baseline_tree"] = str(cfg.baseline_tree)
     with tempfile.TemporaryDirectory(prefix="kimi-bench-") as tmp:
         root = Path(tempfile.mkdtemp(dir=workdir)) if workdir else Path(tmp)
         result["config"]["workdir_fs"] = _filesystem(root)
@@ -213,6 +223,7 @@ async def _one_run(
         options=options,
         profile=profile,
         loop=loop,
+        tree=cfg.baseline_tree if variant == "baseline" else None,
     ) as proxy:
         env = Env(
             fake=fake,
@@ -351,12 +362,26 @@ def main(argv: list[str] | None = None) -> int:
         "for each N of this comma-separated list, e.g. 1,2 (default: not measured)",
     )
     parser.add_argument(
+        "--baseline-tree",
+        type=Path,
+        help="a checkout of this project with its own .venv whose proxy the 'baseline' variant "
+        "runs (e.g. `git worktree add ../baseline <commit>`)",
+    )
+    parser.add_argument(
+        "--prompt",
+        default=DEFAULT_PROMPT,
+        help="the user message; the fake echoes its last 200 characters in 1..4-character "
+        "events, so its length sets the events per answer",
+    )
+    parser.add_argument(
         "--saturation-concurrency", type=int, default=100, help="open streams for --workers"
     )
     parser.add_argument(
         "--saturation-completions", type=int, default=600, help="timed completions for --workers"
     )
     args = parser.parse_args(argv)
+    if "baseline" in args.variants.split(",") and args.baseline_tree is None:
+        parser.error("the baseline variant needs --baseline-tree")
     unknown = [v for v in args.variants.split(",") if v and v not in VARIANTS]
     if unknown:
         parser.error(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(VARIANTS)}")
@@ -366,12 +391,14 @@ def main(argv: list[str] | None = None) -> int:
         rtt=args.rtt_ms / 1000,
         tls=not args.no_tls,
         token_rate=args.token_rate,
+        prompt=args.prompt,
         proxy_mode=args.proxy,
         max_seconds=args.max_seconds,
         profile_proxy=args.profile_proxy.resolve() if args.profile_proxy else None,
         kinds=tuple(k for k in args.clients.split(",") if k),
         conversation_ttls=args.conversation_ttl,
         proxy_variants=tuple(x for x in args.variants.split(",") if x),
+        baseline_tree=args.baseline_tree.resolve() if args.baseline_tree else None,
         saturation_workers=tuple(int(x) for x in args.workers.split(",") if x.strip()),
         saturation_concurrency=args.saturation_concurrency,
         saturation_completions=args.saturation_completions,

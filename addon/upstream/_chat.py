@@ -50,6 +50,7 @@ from translator.legacy._errors import retry_after_seconds
 from translator.tools._prompt import plan_prompt
 from translator.tools._shaper import AnswerShaper
 
+from ._aiohttp_transport import read_some
 from ._conversations import ConversationKeeper, Resumption
 from ._dialects import Dialect, choose_dialect
 from ._fetch import FetchError
@@ -437,75 +438,54 @@ class ChatService:
     ) -> None:
         """Move Kimi's body through the translator to the client as it arrives.
 
-        A reader task collects upstream bytes into one buffer; this loop takes everything that
-        has arrived since its last turn, so under load the client gets fewer, larger writes
-        instead of one per upstream read. While nothing arrives it sends keep-alive comments,
-        and after `stall_timeout` of silence it gives up with a 504.
+        One task reads whatever has arrived since its last turn (`read_some`), translates it
+        and writes it, so under load the client gets fewer, larger writes instead of one per
+        upstream read, and a client that reads slower than Kimi writes stops the reading (the
+        write waits for the client; meanwhile the HTTP client buffers a bounded amount and then
+        stops reading Kimi's socket). While nothing arrives it sends keep-alive comments, and
+        after `stall_timeout` of silence it gives up with a 504.
         """
-        buffer = bytearray()
-        arrived = asyncio.Event()
-        drained = asyncio.Event()
-        outcome: list[BaseException | None] = []  # set once: None = clean end, else the error
-
-        async def read() -> None:
-            try:
-                # aiter_bytes undoes a content-encoding Kimi applied despite our `identity`.
-                async for data in resp.aiter_bytes():
-                    buffer.extend(data)
-                    arrived.set()
-                    if len(buffer) > _BUFFER_LIMIT:  # a slow client: stop reading for now
-                        drained.clear()
-                        await drained.wait()
-                outcome.append(None)
-            except Exception as exc:
-                outcome.append(exc)
-            arrived.set()
-
-        reader = asyncio.get_running_loop().create_task(read())
+        read = read_some(resp)
         interval = self.settings.keepalive_interval
         silent_for = 0.0
-        try:
-            while True:
-                try:
-                    await asyncio.wait_for(arrived.wait(), interval)
-                except TimeoutError:
-                    silent_for += interval
-                    if silent_for >= self.settings.stall_timeout:
-                        raise RemoteProtocolError(
-                            f"Kimi sent nothing for {silent_for:.0f} s; giving up",
-                            status=504,
-                            code="upstream_stalled",
-                        ) from None
-                    if reply.started:
-                        await reply.keepalive()
-                    continue
-                arrived.clear()
-                silent_for = 0.0
-                if buffer:
-                    data = bytes(buffer)
-                    buffer.clear()
-                    drained.set()
-                    if isinstance(reply, SseReply):
-                        # The hot path: the translator writes SSE bytes itself (the same bytes
-                        # as encode_sse of its chunks, without building them).
-                        out = translator.feed_sse(data)
-                        if out and stats.first_byte_at is None:
-                            stats.first_byte_at = self.monotonic()
-                        await reply.send_sse(out)
-                    else:
-                        chunks = translator.feed(data)
-                        if chunks and stats.first_byte_at is None:
-                            stats.first_byte_at = self.monotonic()
-                        await reply.send(chunks)
-                    if translator.cut:
-                        # A stop string or the token limit ended the answer: stop reading, and
-                        # leaving the stream closes it, so Kimi stops sending.
-                        return
-                if outcome:
-                    _raise_transport(outcome[0], self.settings.stall_timeout)
-                    return
-        finally:
-            reader.cancel()
+        while True:
+            try:
+                data = await asyncio.wait_for(read(), interval)
+            except TimeoutError:
+                silent_for += interval
+                if silent_for >= self.settings.stall_timeout:
+                    raise RemoteProtocolError(
+                        f"Kimi sent nothing for {silent_for:.0f} s; giving up",
+                        status=504,
+                        code="upstream_stalled",
+                    ) from None
+                if reply.started:
+                    await reply.keepalive()
+                continue
+            except Exception as exc:
+                mapped = _transport_error(exc, self.settings.stall_timeout)
+                if mapped is exc:
+                    raise
+                raise mapped from exc
+            if not data:
+                return
+            silent_for = 0.0
+            if isinstance(reply, SseReply):
+                # The hot path: the translator writes SSE bytes itself (the same bytes as
+                # encode_sse of its chunks, without building them).
+                out = translator.feed_sse(data)
+                if out and stats.first_byte_at is None:
+                    stats.first_byte_at = self.monotonic()
+                await reply.send_sse(out)
+            else:
+                chunks = translator.feed(data)
+                if chunks and stats.first_byte_at is None:
+                    stats.first_byte_at = self.monotonic()
+                await reply.send(chunks)
+            if translator.cut:
+                # A stop string or the token limit ended the answer: stop reading, and leaving
+                # the stream closes it, so Kimi stops sending.
+                return
 
 
 def _is_json(resp: httpx.Response) -> bool:
@@ -514,26 +494,21 @@ def _is_json(resp: httpx.Response) -> bool:
     return content_type.startswith("application/json")
 
 
-#: upstream bytes buffered for a client that reads slower than Kimi writes
-_BUFFER_LIMIT = 1 << 20
-
-
-def _raise_transport(error: BaseException | None, stall_timeout: float) -> None:
-    """Turn how the upstream body ended into our error tree (None: it ended cleanly)."""
-    if error is None:
-        return
+def _transport_error(error: Exception, stall_timeout: float) -> Exception:
+    """What to raise for how reading Kimi's body failed: our error tree for the HTTP client's
+    errors, anything else as it is."""
     if isinstance(error, httpx.TimeoutException):
         # httpx's read timeout is the stall timeout too (_runtime.py): the same verdict as the
         # silence count, whichever clock fires first.
-        raise RemoteProtocolError(
+        return RemoteProtocolError(
             f"Kimi sent nothing for {stall_timeout:.0f} s; giving up",
             status=504,
             code="upstream_stalled",
-        ) from error
+        )
     if isinstance(error, httpx.HTTPError):
-        raise RemoteProtocolError(
+        return RemoteProtocolError(
             f"the connection to Kimi broke mid-answer: {type(error).__name__}",
             status=502,
             code="upstream_disconnected",
-        ) from error
-    raise error
+        )
+    return error

@@ -21,6 +21,8 @@ import httpx
 from translator import KimiCall, RemoteProtocolError
 from translator.connect._jwt import JwtClaims, decode_jwt_claims
 
+from ._aiohttp_transport import wrap_stream
+
 __all__ = [
     "ExchangeRecorder",
     "KimiClient",
@@ -293,7 +295,7 @@ class KimiClient:
             and isinstance(response.stream, httpx.AsyncByteStream)
         ):
             tee = _Tee(response.stream, RECORD_CAP)
-            response.stream = tee
+            wrap_stream(response, tee)
         failure: str | None = None
         try:
             yield response

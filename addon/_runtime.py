@@ -136,7 +136,7 @@ class Runtime:
             )
         self.kimi = kimi = KimiClient(self.client, s.kimi_base_url)
         kimi.observer = self.metrics
-        self.store = store = open_store(s.store_path)
+        self.store = store = await open_store(s.store_path)
 
         async def refresh(refresh_token: str) -> TokenGrant:
             return await refresh_grant(kimi, refresh_token, path=s.refresh_path)
@@ -150,7 +150,7 @@ class Runtime:
         )
         self.pool = pool
         self.metrics.watch(pool)
-        pool.apply_config(s.config)
+        await pool.apply_config(s.config)
         for warning in s.config.warnings:
             log.warning("config: %s", warning)
 
@@ -255,7 +255,7 @@ class Runtime:
         self.ready.set()
         return self.base_url
 
-    def apply_config(self, config: Config) -> None:
+    async def apply_config(self, config: Config) -> None:
         """Take a reloaded config: accounts, gateway keys, `require_key`, `admin_key`, and the
         options that can change live (`LIVE_OPTIONS`). Requests in flight keep their account.
         Other changed options are named in a warning: they need a restart."""
@@ -265,7 +265,7 @@ class Runtime:
         options = config.options
         concurrency = _live_number(options, "max_account_concurrency", pool.max_concurrency, 1)
         cooldown = _live_number(options, "account_cooldown", pool.cooldown, 0)
-        pool.apply_config(config)
+        await pool.apply_config(config)
         pool.max_concurrency = int(concurrency)
         pool.cooldown = float(cooldown)
         old = self.config.options
@@ -290,7 +290,7 @@ class Runtime:
         if self.fetch_client is not None:
             await self.fetch_client.aclose()
         if self.store is not None:
-            self.store.close()
+            await self.store.close()
 
 
 def _live_number(options: Mapping[str, Any], name: str, current: float, minimum: int) -> float:

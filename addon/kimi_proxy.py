@@ -418,10 +418,10 @@ class KimiProxy:
         )
         kimi.recorder = self.upstream_flows
 
-    def _reloaded(self, config: Config) -> None:
+    async def _reloaded(self, config: Config) -> None:
         """A new, valid config file: the runtime takes what can change live."""
         assert self.runtime is not None
-        self.runtime.apply_config(config)
+        await self.runtime.apply_config(config)
         self.config = config
 
     async def done(self) -> None:

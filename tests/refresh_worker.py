@@ -26,7 +26,7 @@ from translator.legacy._calls import user_call
 
 
 async def main(store_path: str, base_url: str, start_at: float, rounds: int, tokens: list[str]):
-    store = open_store(store_path)  # a SQLite file or a postgresql:// URL
+    store = await open_store(store_path)  # a SQLite file or a postgresql:// URL
     async with httpx.AsyncClient(timeout=20, trust_env=False) as client:
         kimi = KimiClient(client, base_url)
 
@@ -42,7 +42,7 @@ async def main(store_path: str, base_url: str, start_at: float, rounds: int, tok
                 token = await pool.access_token(account)
                 response = await kimi.send(user_call(), token=token)
                 if response.status_code == 401:
-                    pool.invalidate_access(account, token)
+                    await pool.invalidate_access(account, token)
                     token = await pool.access_token(account)
                     response = await kimi.send(user_call(), token=token)
             except AuthFailed:
@@ -53,14 +53,14 @@ async def main(store_path: str, base_url: str, start_at: float, rounds: int, tok
             if response.status_code == 401:
                 counts["client_401"] += 1
             elif response.status_code == 200:
-                pool.confirm(account)
+                await pool.confirm(account)
 
         await asyncio.sleep(max(0.0, start_at - time.time()))
-        accounts = [a for token in tokens for a in pool.resolve(token)]
+        accounts = [a for token in tokens for a in await pool.resolve(token)]
         for n in range(rounds):
             await asyncio.gather(*(use(a) for a in accounts))
             await asyncio.sleep(0.25 + 0.05 * (n % 3))
-    store.close()
+    await store.close()
     print(json.dumps(counts), flush=True)
 
 

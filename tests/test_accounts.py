@@ -3,6 +3,8 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import sqlite3
+from typing import Any
 
 import pytest
 
@@ -77,10 +79,10 @@ def clock():
 
 
 @pytest.fixture
-def store(tmp_path):
+async def store(tmp_path):
     s = Store(tmp_path / "s.db")
     yield s
-    s.close()
+    await s.close()
 
 
 @pytest.fixture
@@ -95,18 +97,18 @@ def make_pool(store, kimi, clock, **kw):
 # -- resolve ------------------------------------------------------------------------------
 
 
-def test_resolve_comma_joined_tokens(store, kimi, clock):
+async def test_resolve_comma_joined_tokens(store, kimi, clock):
     pool = make_pool(store, kimi, clock)
-    accounts = pool.resolve(" tokA , tokB,, tokA ,")
+    accounts = await pool.resolve(" tokA , tokB,, tokA ,")
     assert len(accounts) == 2
     assert [a.refresh_token for a in accounts] == ["tokA", "tokB"]
-    assert [a.id for a in pool.resolve("Bearer tokA")] == [accounts[0].id]
+    assert [a.id for a in await pool.resolve("Bearer tokA")] == [accounts[0].id]
 
 
 @pytest.mark.parametrize("value", ["", "  ", "Bearer ", " , ,"])
-def test_resolve_missing_token(store, kimi, clock, value):
+async def test_resolve_missing_token(store, kimi, clock, value):
     with pytest.raises(AccessDenied) as info:
-        make_pool(store, kimi, clock).resolve(value)
+        await make_pool(store, kimi, clock).resolve(value)
     assert info.value.status == 401
     assert info.value.code == "missing_token"
     assert "missing token" in info.value.to_openai()["error"]["message"]
@@ -125,34 +127,35 @@ def config(**extra):
     return parse_config(data)
 
 
-def test_gateway_keys_and_required_key(store, kimi, clock):
+async def test_gateway_keys_and_required_key(store, kimi, clock):
     pool = make_pool(store, kimi, clock)
-    by_label = pool.apply_config(config())
+    by_label = await pool.apply_config(config())
     assert pool.require_key
-    assert [a.id for a in pool.resolve(f"Bearer {KEY}")] == [by_label["bob"].id]
+    assert [a.id for a in await pool.resolve(f"Bearer {KEY}")] == [by_label["bob"].id]
     with pytest.raises(AccessDenied) as info:
-        pool.resolve("sk-team-0123456789abcdeX")
+        await pool.resolve("sk-team-0123456789abcdeX")
     assert (info.value.status, info.value.code) == (401, "invalid_api_key")
     with pytest.raises(AccessDenied, match="requires an API key") as info:
-        pool.resolve("alice-token")
+        await pool.resolve("alice-token")
     assert info.value.status == 401
     assert pool.is_admin(f"Bearer {ADMIN}")
     assert not pool.is_admin(KEY)
     # keys may be opened up again, and a key without accounts list means all configured
-    pool.apply_config(
+    await pool.apply_config(
         config(require_key=False, keys=[{"key": KEY, "label": "team"}], admin_key=None)
     )
     assert not pool.require_key
     assert not pool.is_admin(ADMIN)
-    assert {a.id for a in pool.resolve(KEY)} == {by_label["alice"].id, by_label["bob"].id}
-    assert pool.resolve("alice-token")[0].id == by_label["alice"].id  # same account, by fingerprint
+    assert {a.id for a in await pool.resolve(KEY)} == {by_label["alice"].id, by_label["bob"].id}
+    # the same account, by fingerprint
+    assert (await pool.resolve("alice-token"))[0].id == by_label["alice"].id
 
 
-def test_key_without_accounts_is_forbidden(store, kimi, clock):
+async def test_key_without_accounts_is_forbidden(store, kimi, clock):
     pool = make_pool(store, kimi, clock)
-    pool.apply_config(parse_config({"keys": [{"key": KEY, "label": "empty"}]}))
+    await pool.apply_config(parse_config({"keys": [{"key": KEY, "label": "empty"}]}))
     with pytest.raises(AccessDenied) as info:
-        pool.resolve(KEY)
+        await pool.resolve(KEY)
     assert info.value.status == 403
 
 
@@ -161,7 +164,7 @@ def test_key_without_accounts_is_forbidden(store, kimi, clock):
 
 async def test_single_flight_refresh(store, kimi, clock):
     pool = make_pool(store, kimi, clock)
-    [account] = pool.resolve(kimi.issue("T1"))
+    [account] = await pool.resolve(kimi.issue("T1"))
     kimi.gate = asyncio.Event()
     first = asyncio.create_task(pool.access_token(account))
     second = asyncio.create_task(pool.access_token(account))
@@ -177,7 +180,7 @@ async def test_single_flight_refresh(store, kimi, clock):
 
 async def test_rotation_is_persisted_before_the_token_is_returned(store, kimi, clock):
     pool = make_pool(store, kimi, clock)
-    [account] = pool.resolve(kimi.issue("T1"))
+    [account] = await pool.resolve(kimi.issue("T1"))
     events = []
     real = store.record_rotation
 
@@ -189,18 +192,18 @@ async def test_rotation_is_persisted_before_the_token_is_returned(store, kimi, c
     token = await pool.access_token(account)
     events.append("returned")
     assert events == ["recorded", "returned"]
-    stored = store.get_account(account.id)
+    stored = await store.get_account(account.id)
     assert stored.refresh_token == "T1#1"
     assert stored.access_token == token
     # a fresh store instance (a restart) sees the rotation
     again = Store(store.path)
-    assert again.get_account(account.id).refresh_token == "T1#1"
-    again.close()
+    assert (await again.get_account(account.id)).refresh_token == "T1#1"
+    await again.close()
 
 
 async def test_token_is_not_returned_when_the_rotation_cannot_be_saved(store, kimi, clock):
     pool = make_pool(store, kimi, clock)
-    [account] = pool.resolve(kimi.issue("T1"))
+    [account] = await pool.resolve(kimi.issue("T1"))
 
     def failing(*args, **kw):
         raise OSError("disk full")
@@ -212,7 +215,7 @@ async def test_token_is_not_returned_when_the_rotation_cannot_be_saved(store, ki
 
 async def test_refresh_survives_a_cancelled_caller(store, kimi, clock):
     pool = make_pool(store, kimi, clock)
-    [account] = pool.resolve(kimi.issue("T1"))
+    [account] = await pool.resolve(kimi.issue("T1"))
     kimi.gate = asyncio.Event()
     caller = asyncio.create_task(pool.access_token(account))
     await asyncio.sleep(0.01)
@@ -222,14 +225,14 @@ async def test_refresh_survives_a_cancelled_caller(store, kimi, clock):
         await caller
     for _ in range(10):
         await asyncio.sleep(0)
-    assert store.get_account(account.id).refresh_token == "T1#1"  # rotation not lost
+    assert (await store.get_account(account.id)).refresh_token == "T1#1"  # rotation not lost
 
 
 async def test_expiry_from_jwt_exp_and_margin(store, kimi, clock):
     pool = make_pool(store, kimi, clock, refresh_margin=30.0)
-    [account] = pool.resolve(kimi.issue("T1"))
+    [account] = await pool.resolve(kimi.issue("T1"))
     first = await pool.access_token(account)
-    assert store.get_account(account.id).access_expires_at == clock.now + 600
+    assert (await store.get_account(account.id)).access_expires_at == clock.now + 600
     clock.now += 569  # 31 s left: still fresh
     assert await pool.access_token(account) == first
     clock.now += 2  # 29 s left: inside the margin
@@ -241,24 +244,24 @@ async def test_expiry_from_jwt_exp_and_margin(store, kimi, clock):
 async def test_expiry_from_grant_then_default_ttl(store, clock):
     kimi = FakeKimi(clock, expires_in_grant=True)
     pool = make_pool(store, kimi, clock)
-    [account] = pool.resolve(kimi.issue("T1"))
+    [account] = await pool.resolve(kimi.issue("T1"))
     await pool.access_token(account)
-    assert store.get_account(account.id).access_expires_at == clock.now + 42
+    assert (await store.get_account(account.id)).access_expires_at == clock.now + 42
 
     opaque = FakeKimi(clock, ttl=None)
     pool2 = make_pool(store, opaque, clock, default_access_ttl=300.0)
-    [other] = pool2.resolve(opaque.issue("U1"))
+    [other] = await pool2.resolve(opaque.issue("U1"))
     token = await pool2.access_token(other)
     assert token == "opaque-access-1"
-    assert store.get_account(other.id).access_expires_at == clock.now + 300.0
+    assert (await store.get_account(other.id)).access_expires_at == clock.now + 300.0
 
 
 async def test_dead_after_auth_failure_and_not_retried(store, kimi, clock):
     pool = make_pool(store, kimi, clock)
-    [account] = pool.resolve("never-valid")
+    [account] = await pool.resolve("never-valid")
     with pytest.raises(AuthFailed):
         await pool.access_token(account)
-    assert store.get_account(account.id).health == "dead"
+    assert (await store.get_account(account.id)).health == "dead"
     assert kimi.calls == ["never-valid"]
     with pytest.raises(AuthFailed):
         await pool.access_token(account)
@@ -271,37 +274,37 @@ async def test_dead_after_auth_failure_and_not_retried(store, kimi, clock):
 
 async def test_a_retired_token_is_never_sent_again(store, kimi, clock):
     pool = make_pool(store, kimi, clock)
-    [account] = pool.resolve(kimi.issue("T1"))
+    [account] = await pool.resolve(kimi.issue("T1"))
     await pool.access_token(account)  # current T1#1, T1 retired
     kimi.valid = {"T1"}  # even if the service kept the old one alive and lost the new one
-    pool.invalidate_access(account)
+    await pool.invalidate_access(account)
     with pytest.raises(AuthFailed):
         await pool.access_token(account)
     assert kimi.calls == ["T1", "T1#1"]  # T1 was rotated by Kimi: it is not tried again
-    assert store.get_account(account.id).health == "dead"
+    assert (await store.get_account(account.id)).health == "dead"
 
 
 async def test_a_retired_token_is_erased_once_its_successor_worked(store, kimi, clock):
     pool = make_pool(store, kimi, clock)
-    [account] = pool.resolve(kimi.issue("T1"))
+    [account] = await pool.resolve(kimi.issue("T1"))
     await pool.access_token(account)
-    assert store.get_account(account.id).previous_refresh_token == "T1"
-    pool.confirm(account)  # a Kimi call with the new access token worked
-    stored = store.get_account(account.id)
+    assert (await store.get_account(account.id)).previous_refresh_token == "T1"
+    await pool.confirm(account)  # a Kimi call with the new access token worked
+    stored = await store.get_account(account.id)
     assert (stored.refresh_token, stored.previous_refresh_token) == ("T1#1", None)
-    assert pool.resolve("T1") == [stored]  # the original still finds its account
+    assert await pool.resolve("T1") == [stored]  # the original still finds its account
 
 
 async def test_rotation_by_another_process_is_picked_up(store, kimi, clock):
     pool = make_pool(store, kimi, clock)
-    [account] = pool.resolve(kimi.issue("T1"))
+    [account] = await pool.resolve(kimi.issue("T1"))
     real = kimi.refresh
 
     async def racing(token):
         if token == "T1":
             # another process refreshed T1 first and stored its rotation (access already expired)
             grant = await real("T1")
-            store.record_rotation(
+            await store.record_rotation(
                 account.id,
                 refresh_token=grant.refresh_token,
                 access_token="stale",
@@ -314,8 +317,8 @@ async def test_rotation_by_another_process_is_picked_up(store, kimi, clock):
     pool._refresh_fn = racing
     token = await pool.access_token(account)
     assert token.count(".") == 2
-    assert store.get_account(account.id).refresh_token == "T1#2"
-    assert store.get_account(account.id).health == "ok"
+    assert (await store.get_account(account.id)).refresh_token == "T1#2"
+    assert (await store.get_account(account.id)).health == "ok"
 
 
 async def test_transient_failure_propagates_without_killing(store, clock):
@@ -323,19 +326,19 @@ async def test_transient_failure_propagates_without_killing(store, clock):
         raise TransientFailure("connect timeout")
 
     pool = AccountPool(store, refresh=down, clock=clock)
-    [account] = pool.resolve("T1")
+    [account] = await pool.resolve("T1")
     with pytest.raises(TransientFailure):
         await pool.access_token(account)
-    assert store.get_account(account.id).health == "ok"
+    assert (await store.get_account(account.id)).health == "ok"
 
 
 async def test_invalidate_access_keeps_a_newer_token(store, kimi, clock):
     pool = make_pool(store, kimi, clock)
-    [account] = pool.resolve(kimi.issue("T1"))
+    [account] = await pool.resolve(kimi.issue("T1"))
     token = await pool.access_token(account)
-    pool.invalidate_access(account, "some-older-token")
+    await pool.invalidate_access(account, "some-older-token")
     assert await pool.access_token(account) == token
-    pool.invalidate_access(account, token)
+    await pool.invalidate_access(account, token)
     clock.now += 1  # the fake's next JWT differs by its exp
     assert await pool.access_token(account) != token
     assert len(kimi.calls) == 2
@@ -346,7 +349,7 @@ async def test_invalidate_access_keeps_a_newer_token(store, kimi, clock):
 
 async def test_least_busy_choice(store, kimi, clock):
     pool = make_pool(store, kimi, clock)
-    a, b = pool.resolve("A,B")
+    a, b = await pool.resolve("A,B")
     async with pool.acquire([a, b]) as first:
         assert first.account.id == a.id  # tie: client order
         assert first.index == 0
@@ -359,12 +362,12 @@ async def test_least_busy_choice(store, kimi, clock):
         pass
     async with pool.acquire([a, b]) as third:
         assert third.account.id == b.id
-    assert store.get_account(a.id).view.requests == 2
+    assert (await store.get_account(a.id)).view.requests == 2
 
 
 async def test_concurrency_cap_fails_fast(store, kimi, clock):
     pool = make_pool(store, kimi, clock, max_concurrency=1, busy_wait=0.05)
-    [a] = pool.resolve("A")
+    [a] = await pool.resolve("A")
     async with pool.acquire([a]):
         with pytest.raises(NoAccountAvailable) as info:
             async with pool.acquire([a]):
@@ -376,7 +379,7 @@ async def test_concurrency_cap_fails_fast(store, kimi, clock):
 
 async def test_waits_briefly_for_a_free_slot(store, kimi, clock):
     pool = make_pool(store, kimi, clock, max_concurrency=1, busy_wait=5.0)
-    [a] = pool.resolve("A")
+    [a] = await pool.resolve("A")
     lease = await pool.acquire([a])  # the awaitable form
     assert lease.account.id == a.id
 
@@ -392,31 +395,31 @@ async def test_waits_briefly_for_a_free_slot(store, kimi, clock):
 
 async def test_failover_order_and_marks(store, kimi, clock):
     pool = make_pool(store, kimi, clock, cooldown=60.0)
-    a, b, c, d = pool.resolve("A,B,C,D")
+    a, b, c, d = await pool.resolve("A,B,C,D")
     async with pool.acquire([a, b, c, d]) as lease:
         assert lease.account.id == a.id
-        assert lease.fail_over(AuthFailed("401 after refresh")).id == b.id
-        assert lease.fail_over(RateLimited("429", retry_after=10.0)).id == c.id
-        assert lease.fail_over(TransientFailure("502")).id == d.id
+        assert (await lease.fail_over(AuthFailed("401 after refresh"))).id == b.id
+        assert (await lease.fail_over(RateLimited("429", retry_after=10.0))).id == c.id
+        assert (await lease.fail_over(TransientFailure("502"))).id == d.id
         assert pool.in_flight(a.id) == pool.in_flight(b.id) == pool.in_flight(c.id) == 0
-        assert lease.fail_over(RemoteProtocolError("busy", status=429)) is None
+        assert await lease.fail_over(RemoteProtocolError("busy", status=429)) is None
         assert lease.refusal.code == "accounts_exhausted"
         assert lease.account is None
-    assert store.get_account(a.id).health == "dead"
-    vb = store.get_account(b.id).view
+    assert (await store.get_account(a.id)).health == "dead"
+    vb = (await store.get_account(b.id)).view
     assert (vb.health, vb.cooling_until) == ("cooling", clock.now + 10.0)
-    vc = store.get_account(c.id).view
+    vc = (await store.get_account(c.id)).view
     assert (vc.health, vc.failures) == ("ok", 1)
-    vd = store.get_account(d.id).view
+    vd = (await store.get_account(d.id)).view
     assert (vd.health, vd.cooling_until) == ("cooling", clock.now + 60.0)  # default cooldown
     assert pool.in_flight(d.id) == 0
 
 
 async def test_cooling_accounts_are_skipped_until_they_rest(store, kimi, clock):
     pool = make_pool(store, kimi, clock, cooldown=60.0)
-    a, b = pool.resolve("A,B")
-    pool.mark_cooling(a, None, "429")
-    pool.mark_cooling(b, 30.0, "429 Retry-After: 30")
+    a, b = await pool.resolve("A,B")
+    await pool.mark_cooling(a, None, "429")
+    await pool.mark_cooling(b, 30.0, "429 Retry-After: 30")
     with pytest.raises(NoAccountAvailable) as info:
         async with pool.acquire([a, b]):
             pass
@@ -425,35 +428,35 @@ async def test_cooling_accounts_are_skipped_until_they_rest(store, kimi, clock):
     clock.now += 31
     async with pool.acquire([a, b]) as lease:
         assert lease.account.id == b.id
-    assert store.get_account(b.id).health == "ok"  # a clean exit ends the cooling
-    assert store.get_account(a.id).health == "cooling"
+    assert (await store.get_account(b.id)).health == "ok"  # a clean exit ends the cooling
+    assert (await store.get_account(a.id)).health == "cooling"
 
 
 async def test_exception_inside_lease_marks_nothing(store, kimi, clock):
     pool = make_pool(store, kimi, clock)
-    [a] = pool.resolve("A")
-    pool.mark_cooling(a, 0.0, "was limited")
+    [a] = await pool.resolve("A")
+    await pool.mark_cooling(a, 0.0, "was limited")
     with pytest.raises(asyncio.CancelledError):
         async with pool.acquire([a]):
             raise asyncio.CancelledError
-    assert store.get_account(a.id).health == "cooling"
+    assert (await store.get_account(a.id)).health == "cooling"
     assert pool.in_flight(a.id) == 0
 
 
-def test_describe_and_counters_have_no_tokens(store, kimi, clock):
+async def test_describe_and_counters_have_no_tokens(store, kimi, clock):
     pool = make_pool(store, kimi, clock)
-    [a] = pool.resolve("secret-refresh-token-value")
-    assert pool.note_long_text_round(a) == 1
-    assert pool.note_long_text_round(a) == 2
-    rows = pool.describe()
+    [a] = await pool.resolve("secret-refresh-token-value")
+    assert await pool.note_long_text_round(a) == 1
+    assert await pool.note_long_text_round(a) == 2
+    rows = await pool.describe()
     assert rows[0]["id"] == a.id
     assert rows[0]["in_flight"] == 0
     assert rows[0]["long_text_rounds"] == 2
     assert "secret-refresh-token-value" not in json.dumps(rows)
-    pool.mark_dead(a, "Bearer secret-refresh-token-value was refused")
-    assert "secret-refresh-token-value" not in json.dumps(pool.describe())
-    pool.mark_ok(a)
-    assert store.get_account(a.id).health == "ok"
+    await pool.mark_dead(a, "Bearer secret-refresh-token-value was refused")
+    assert "secret-refresh-token-value" not in json.dumps(await pool.describe())
+    await pool.mark_ok(a)
+    assert (await store.get_account(a.id)).health == "ok"
 
 
 async def test_a_rotation_is_committed_before_the_loop_runs_anything_else(tmp_path, clock):
@@ -461,13 +464,17 @@ async def test_a_rotation_is_committed_before_the_loop_runs_anything_else(tmp_pa
     answer already finds the new token committed in the file (read by another connection)."""
     path = tmp_path / "crash.db"
     store = Store(path)
-    witness = Store(path)
+    witness = sqlite3.connect(path)
     seen: list[str] = []
     try:
-        [account] = AccountPool(store, refresh=None, clock=clock).resolve("T1")  # type: ignore[arg-type]
+        unused: Any = None
+        [account] = await AccountPool(store, refresh=unused, clock=clock).resolve("T1")
 
-        def next_turn() -> None:
-            seen.append(witness.get_account(account.id).refresh_token)
+        def next_turn() -> None:  # a plain loop callback: it reads the file synchronously
+            row = witness.execute(
+                "SELECT refresh_token FROM accounts WHERE id = ?", (account.id,)
+            ).fetchone()
+            seen.append(row[0])
 
         async def refresh(token: str) -> TokenGrant:
             await asyncio.sleep(0)
@@ -479,18 +486,18 @@ async def test_a_rotation_is_committed_before_the_loop_runs_anything_else(tmp_pa
         assert await pool.access_token(account) == "a1"
         assert seen == ["T2"]
     finally:
-        store.close()
+        await store.close()
         witness.close()
 
 
-def test_an_authorization_header_names_at_most_32_tokens(store, kimi, clock):
+async def test_an_authorization_header_names_at_most_32_tokens(store, kimi, clock):
     pool = make_pool(store, kimi, clock)
-    assert len(pool.resolve(",".join(f"tok-{n}" for n in range(20)))) == 20
+    assert len(await pool.resolve(",".join(f"tok-{n}" for n in range(20)))) == 20
     with pytest.raises(AccessDenied) as info:
-        pool.resolve(",".join(f"junk-{n}" for n in range(300)))
+        await pool.resolve(",".join(f"junk-{n}" for n in range(300)))
     assert (info.value.status, info.value.code) == (400, "too_many_tokens")
     assert "at most 32" in info.value.message
-    assert len(store.list_accounts()) == 20  # the refused header made no account
+    assert len(await store.list_accounts()) == 20  # the refused header made no account
 
 
 async def test_a_refused_token_that_another_process_replaced_means_use_its_new_token(
@@ -499,12 +506,12 @@ async def test_a_refused_token_that_another_process_replaced_means_use_its_new_t
     """The race of the issue: another process rotated T1 and stored a fresh access token while
     this one was sending T1. The refusal is not "dead": the stored access token is used."""
     pool = make_pool(store, kimi, clock)
-    [account] = pool.resolve(kimi.issue("T1"))
+    [account] = await pool.resolve(kimi.issue("T1"))
     real = kimi.refresh
 
     async def racing(token):
         grant = await real(token)  # the other process wins the rotation of T1...
-        store.record_rotation(
+        await store.record_rotation(
             account.id,
             refresh_token=grant.refresh_token,
             access_token=grant.access_token,
@@ -515,7 +522,7 @@ async def test_a_refused_token_that_another_process_replaced_means_use_its_new_t
 
     pool._refresh_fn = racing
     token = await pool.access_token(account)
-    stored = store.get_account(account.id)
+    stored = await store.get_account(account.id)
     assert token == stored.access_token
     assert stored.health == "ok"
     assert kimi.calls == ["T1"]  # T1#1 was not spent: it is the other process's, now the store's
@@ -528,23 +535,23 @@ async def test_a_refresh_waits_for_another_processes_lock_then_uses_its_token(
     ours, theirs = Store(path), Store(path)
     try:
         pool = make_pool(ours, kimi, clock)
-        [account] = pool.resolve(kimi.issue("T1"))
-        assert theirs.try_refresh_lock(account.id, owner="other", ttl=30.0, now=clock.now)
+        [account] = await pool.resolve(kimi.issue("T1"))
+        assert await theirs.try_refresh_lock(account.id, owner="other", ttl=30.0, now=clock.now)
         waiting = asyncio.create_task(pool.access_token(account))
         await asyncio.sleep(0.2)
         assert not waiting.done()
         assert kimi.calls == []  # nothing is sent while the other process refreshes
         grant = await kimi.refresh("T1")  # the other process's refresh
-        theirs.record_rotation(
+        await theirs.record_rotation(
             account.id,
             refresh_token=grant.refresh_token,
             access_token=grant.access_token,
             access_expires_at=clock.now + 600,
             now=clock.now,
         )
-        theirs.release_refresh_lock(account.id, owner="other")
+        await theirs.release_refresh_lock(account.id, owner="other")
         assert await asyncio.wait_for(waiting, 5) == grant.access_token
         assert kimi.calls == ["T1"]
     finally:
-        ours.close()
-        theirs.close()
+        await ours.close()
+        await theirs.close()

@@ -131,12 +131,12 @@ async def test_a_rotated_token_survives_sigkill_before_the_next_request(tmp_path
         assert [c.status for c in fake.record.refresh_calls()] == [200]
         store = Store(store_path)
         try:
-            stored = store.account_for_token(ORIGINAL, now=clock.now)
+            stored = await store.account_for_token(ORIGINAL, now=clock.now)
             assert stored.refresh_token == account.current_refresh_token
             assert stored.refresh_token != ORIGINAL
-            assert len(store.list_accounts()) == 1
+            assert len(await store.list_accounts()) == 1
         finally:
-            store.close()
+            await store.close()
         output = (tmp_path / "cli.log").read_text()
         assert "/v1/chat/completions" in output  # the request log lines are there
         for token in tokens_of(fake):
@@ -274,6 +274,6 @@ async def test_a_stop_signal_deletes_held_conversations_then_exits_0_within_the_
         assert "Traceback" not in output
     store = Store(store_path)
     try:
-        assert store.due_deletions(float("inf")) == []
+        assert await store.due_deletions(float("inf")) == []
     finally:
-        store.close()
+        await store.close()

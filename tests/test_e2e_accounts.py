@@ -145,13 +145,13 @@ def write_config(tmp_path: Path, text: str) -> str:
     return str(path)
 
 
-def stored_refresh_token(store_path: Path, client_token: str) -> str:
+async def stored_refresh_token(store_path: Path, client_token: str) -> str:
     """The current refresh token the store file holds for the account `client_token` names."""
     store = Store(store_path)
     try:
-        return store.account_for_token(client_token, now=time.time()).refresh_token
+        return (await store.account_for_token(client_token, now=time.time())).refresh_token
     finally:
-        store.close()
+        await store.close()
 
 
 def refresh_bearers(fake: FakeKimi) -> list[str]:
@@ -207,7 +207,7 @@ async def test_original_token_works_across_expiries_rotations_and_a_restart(
                 assert_rotated_chain(fake, lifetime)
                 # The rotation is in the file, not only in memory.
                 current = fake.account_for(ORIGINAL).current_refresh_token
-                assert stored_refresh_token(store_path, ORIGINAL) == current
+                assert await stored_refresh_token(store_path, ORIGINAL) == current
                 clock.now += 61  # every access token Kimi issued so far is now expired
             clock.now -= 61  # keep the last token alive over the restart
 
@@ -220,7 +220,7 @@ async def test_original_token_works_across_expiries_rotations_and_a_restart(
             resp, _ = await ask(proxy, ORIGINAL, leaks, "expired after the restart")
             assert resp.status_code == 200, resp.text
             assert_rotated_chain(fake, 5)
-        assert stored_refresh_token(store_path, ORIGINAL) == (
+        assert await stored_refresh_token(store_path, ORIGINAL) == (
             fake.account_for(ORIGINAL).current_refresh_token
         )
         # Only one Kimi account was ever involved, however many tokens it went through.
@@ -247,7 +247,7 @@ async def test_connect_jwt_expiring_within_the_margin_rotates_and_persists_each_
             assert f"connect {n}" in text
             assert_rotated_chain(fake, n)
             current = fake.account_for(ORIGINAL).current_refresh_token
-            assert stored_refresh_token(store_path, ORIGINAL) == current
+            assert await stored_refresh_token(store_path, ORIGINAL) == current
         leaks.check(fake)
 
 
@@ -585,8 +585,8 @@ async def test_configured_account_keeps_its_rotated_token_over_restarts(
         assert refresh_bearers(fake)[-1] == fresh
         store = Store(store_path)
         try:
-            [view] = store.list_accounts()
+            [view] = await store.list_accounts()
             assert (view.label, view.health) == ("alice", "ok")
         finally:
-            store.close()
+            await store.close()
         leaks.check(fake, extra=[TEAM_KEY])

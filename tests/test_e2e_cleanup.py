@@ -80,5 +80,5 @@ async def test_fifty_concurrent_chats_with_ttl_0_delete_each_conversation_once(t
         assert max(pings) < 5.0  # /ping kept answering during the load (it stalled for minutes)
         assert proxy.addon.runtime is not None
         assert proxy.addon.runtime.store is not None
-        left = proxy.addon.runtime.store.due_deletions(float("inf"))
+        left = await proxy.addon.runtime.store.due_deletions(float("inf"))
         assert {p.conversation_id for p in left}.isdisjoint(chats)

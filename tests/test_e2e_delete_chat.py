@@ -62,7 +62,7 @@ async def test_neither_route_keeps_the_chat_for_a_later_attempt(tmp_path):
         # not counted as deleted, still ours and queued for a retry
         assert len(fake.record.live_conversations()) == 1
         chat_id = fake.record.live_conversations()[0].id
-        assert keeper.store.is_pending(chat_id)
+        assert await keeper.store.is_pending(chat_id)
 
 
 async def test_the_working_route_is_remembered_across_restarts(tmp_path):

@@ -360,9 +360,9 @@ async def test_pending_deletions_survive_a_crash(fake, dialect, tmp_path, monkey
     assert [c.id for c in fake.record.live_conversations()] == [result.id]
     store = Store(store_path)
     try:
-        pending = store.due_deletions(float("inf"))
+        pending = await store.due_deletions(float("inf"))
     finally:
-        store.close()
+        await store.close()
     assert [p.conversation_id for p in pending] == [result.id]
     assert pending[0].due_at <= time.time() + 2.5
 

@@ -93,7 +93,7 @@ async def test_dead_refresh_token_is_a_401(fake, dialect, proxy):
     assert resp.status_code == 401
     assert error_body(resp)["type"] == "authentication_error"
     assert stream_calls(fake, dialect) == []
-    (account,) = proxy.addon.runtime.store.list_accounts()
+    (account,) = await proxy.addon.runtime.store.list_accounts()
     assert account.health == "dead"
 
 
@@ -110,9 +110,9 @@ async def test_failover_from_a_dead_account_to_a_good_one(fake, dialect, proxy):
     good = fake.account_for("refresh-good")
     assert good is not None
     assert {c.account_id for c in stream_calls(fake, dialect)} == {good.id}
-    health = sorted(a.health for a in proxy.addon.runtime.store.list_accounts())
+    health = sorted(a.health for a in await proxy.addon.runtime.store.list_accounts())
     assert health == ["dead", "ok"]
-    dead = next(a for a in proxy.addon.runtime.store.list_accounts() if a.health == "dead")
+    dead = next(a for a in await proxy.addon.runtime.store.list_accounts() if a.health == "dead")
     assert dead.last_error
 
 

@@ -74,10 +74,10 @@ async def test_junk_tokens_leave_a_bounded_number_of_rows(tmp_path):
         assert proxy.addon.runtime is not None
         store = proxy.addon.runtime.store
         assert store is not None
-        views = store.list_accounts()
+        views = await store.list_accounts()
         assert len(views) == checked + len(real)  # the checked junk tokens, the 20 real accounts
         assert len(fake.record.refresh_calls()) == checked + 1  # junk checked once each; 1 used
         # The junk rows never worked: they expire; the real accounts stay.
-        expired = store.prune_unproven_accounts(now=time.time() + Store.UNPROVEN_TTL + 1)
+        expired = await store.prune_unproven_accounts(now=time.time() + Store.UNPROVEN_TTL + 1)
         assert expired == checked + len(real) - 1
-        assert [v.health for v in store.list_accounts()] == ["ok"]
+        assert [v.health for v in await store.list_accounts()] == ["ok"]

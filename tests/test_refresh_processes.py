@@ -72,7 +72,7 @@ async def test_processes_sharing_a_store_send_each_refresh_token_once(tmp_path, 
     async with FakeKimi(dialect_routes="both", access_ttl=3.0) as fake:
         for token in TOKENS:
             fake.add_account(token)
-        Store(store_path).close()  # created (and migrated) once, before the race
+        await Store(store_path).close()  # created (and migrated) once, before the race
         results = await run_workers(fake.base_url, str(store_path), processes, ROUNDS, TOKENS)
 
         refreshes = fake.record.refresh_calls()
@@ -89,8 +89,8 @@ async def test_processes_sharing_a_store_send_each_refresh_token_once(tmp_path, 
     assert sum(r["calls"] for r in results) == processes * ROUNDS * len(TOKENS)
     store = Store(store_path)
     try:
-        views = store.list_accounts()
+        views = await store.list_accounts()
         assert len(views) == len(TOKENS)
         assert all(v.health == "ok" for v in views)
     finally:
-        store.close()
+        await store.close()

@@ -85,7 +85,7 @@ async def test_readyz_is_503_when_the_store_cannot_be_written(tmp_path):
     ):
         store = proxy.addon.runtime.store
         assert store is not None
-        store.close()  # a closed connection fails like a lost disk would
+        await store.close()  # a closed connection fails like a lost disk would
         ready = await http.get(proxy.url + "/readyz")
         assert ready.status_code == 503
         assert "store is not writable" in ready.json()["problems"][0]
@@ -137,7 +137,7 @@ async def test_metrics_count_requests_upstream_calls_errors_and_accounts(tmp_pat
         assert value("kimi_free_api_conversations_pending_deletion") >= 1
         # nothing names an account or holds a token
         store = proxy.addon.runtime.store
-        for secret in (TOKEN_A, TOKEN_B, *(a.id for a in store.list_accounts())):
+        for secret in (TOKEN_A, TOKEN_B, *(a.id for a in await store.list_accounts())):
             assert secret not in resp.text
         for account in fake.accounts.values():
             assert account.current_refresh_token not in resp.text

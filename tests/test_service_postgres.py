@@ -63,13 +63,13 @@ async def test_two_proxies_on_one_postgres_store_share_an_account(tmp_path, post
         assert all(c.status == 200 for c in fake.record.refresh_calls())
         assert len(fake.accounts) == 1
         assert not any(a.dead for a in fake.accounts.values())
-    store = PgStore(url)
+    store = await PgStore.connect(url)
     try:
-        views = store.list_accounts()
+        views = await store.list_accounts()
         assert len(views) == 1
         assert views[0].health == "ok"
     finally:
-        store.close()
+        await store.close()
 
 
 async def test_processes_racing_on_postgres_send_each_refresh_token_once(postgres_server):
@@ -78,7 +78,7 @@ async def test_processes_racing_on_postgres_send_each_refresh_token_once(postgre
     async with FakeKimi(dialect_routes="both", access_ttl=2.0) as fake:
         for token in TOKENS:
             fake.add_account(token)
-        PgStore(url).close()  # created (and migrated) once, before the race
+        await (await PgStore.connect(url)).close()  # created (and migrated) once, before the race
         results = await run_workers(
             fake.base_url, url, processes, ROUNDS, TOKENS, timeout=90.0
         )
@@ -93,10 +93,10 @@ async def test_processes_racing_on_postgres_send_each_refresh_token_once(postgre
     assert sum(r["client_401"] for r in results) == 0
     assert sum(r["auth_failed"] for r in results) == 0
     assert sum(r["calls"] for r in results) == processes * ROUNDS * len(TOKENS)
-    store = PgStore(url)
+    store = await PgStore.connect(url)
     try:
-        views = store.list_accounts()
+        views = await store.list_accounts()
         assert len(views) == len(TOKENS)
         assert all(v.health == "ok" for v in views)
     finally:
-        store.close()
+        await store.close()

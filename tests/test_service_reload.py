@@ -221,13 +221,13 @@ async def test_live_options_apply_others_wait_for_a_restart_and_bad_values_are_r
             config_text(KEY_OLD, poll=0)
             + "  max_account_concurrency: 2\n  account_cooldown: 7\n  conversation_ttl: 30\n",
         )
-        assert reloader.reload_now()
+        assert await reloader.reload_now()
         assert pool.max_concurrency == 2
         assert pool.cooldown == 7.0
         assert "take effect after a restart: conversation_ttl" in caplog.text
 
         write(path, config_text(KEY_OLD, poll=0) + "  max_account_concurrency: 0\n")
-        assert not reloader.reload_now()
+        assert not await reloader.reload_now()
         assert "max_account_concurrency: must be a number >= 1" in caplog.text
         assert pool.max_concurrency == 2  # the old config keeps running
         assert reloader.applied == 1

@@ -23,21 +23,21 @@ ACCESS = "eyJhbGciOiJIUzI1NiJ9.eyJleHAiOjEwMDB9.access-token-a"
 
 
 @pytest.fixture
-def store(tmp_path):
+async def store(tmp_path):
     s = Store(tmp_path / "store.db")
     yield s
-    s.close()
+    await s.close()
 
 
 def mode(path) -> int:
     return stat.S_IMODE(os.stat(path).st_mode)
 
 
-def test_created_with_parent_dirs_private_and_wal(tmp_path):
+async def test_created_with_parent_dirs_private_and_wal(tmp_path):
     path = tmp_path / "a" / "b" / "kimi.db"
     s = Store(path)
     try:
-        s.account_for_token(T1, now=1.0)  # a write, so -wal and -shm exist while open
+        await s.account_for_token(T1, now=1.0)  # a write, so -wal and -shm exist while open
         assert path.exists()
         assert mode(path) == 0o600
         for suffix in ("-wal", "-shm"):
@@ -45,24 +45,24 @@ def test_created_with_parent_dirs_private_and_wal(tmp_path):
             assert side.exists()
             assert mode(side) == 0o600
         assert mode(path.parent) == 0o700
-        assert s.schema_version == SCHEMA_VERSION
+        assert (await s.schema_version()) == SCHEMA_VERSION
         db = sqlite3.connect(path)
         assert db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert db.execute("SELECT count(*) FROM meta WHERE key = 'salt'").fetchone()[0] == 1
         db.close()
     finally:
-        s.close()
+        await s.close()
 
 
-def test_existing_wide_file_is_tightened(tmp_path):
+async def test_existing_wide_file_is_tightened(tmp_path):
     path = tmp_path / "kimi.db"
     path.touch(mode=0o644)
     os.chmod(path, 0o644)
-    Store(path).close()
+    await Store(path).close()
     assert mode(path) == 0o600
 
 
-def test_migrates_from_version_1(tmp_path):
+async def test_migrates_from_version_1(tmp_path):
     path = tmp_path / "old.db"
     salt = bytes(range(32))
     db = sqlite3.connect(path)
@@ -83,11 +83,12 @@ def test_migrates_from_version_1(tmp_path):
 
     s = Store(path)
     try:
-        assert s.schema_version == SCHEMA_VERSION == len(MIGRATIONS)
-        account = s.account_for_token(T1, now=5.0)  # the old salt is kept: old fingerprints work
+        assert (await s.schema_version()) == SCHEMA_VERSION == len(MIGRATIONS)
+        # the old salt is kept: old fingerprints work
+        account = await s.account_for_token(T1, now=5.0)
         assert account.id == "acc_000000000001"
         assert account.refresh_token == T2
-        s.save_exchange(
+        await s.save_exchange(
             "k1",
             account_id=account.id,
             conversation_id="c",
@@ -95,22 +96,22 @@ def test_migrates_from_version_1(tmp_path):
             dialect="connect",
             now=5.0,
         )
-        assert s.find_exchange("k1").conversation_id == "c"
+        assert (await s.find_exchange("k1")).conversation_id == "c"
     finally:
-        s.close()
+        await s.close()
 
 
-def test_migrates_from_version_0_empty_file(tmp_path):
+async def test_migrates_from_version_0_empty_file(tmp_path):
     path = tmp_path / "empty.db"
     path.write_bytes(b"")
     s = Store(path)
-    assert s.schema_version == SCHEMA_VERSION
-    s.close()
+    assert (await s.schema_version()) == SCHEMA_VERSION
+    await s.close()
 
 
-def test_refuses_a_newer_schema(tmp_path):
+async def test_refuses_a_newer_schema(tmp_path):
     path = tmp_path / "new.db"
-    Store(path).close()
+    await Store(path).close()
     db = sqlite3.connect(path)
     db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
     db.commit()
@@ -133,33 +134,33 @@ def test_unopenable_path(tmp_path):
         Store(blocker / "sub" / "kimi.db")
 
 
-def test_original_token_maps_to_account_after_rotation(store):
-    a = store.account_for_token(T1, now=1.0)
+async def test_original_token_maps_to_account_after_rotation(store):
+    a = await store.account_for_token(T1, now=1.0)
     assert a.id.startswith("acc_")
     assert len(a.id) == 16
     assert a.refresh_token == T1
     assert a.view.source == "client"
-    assert store.account_for_token(T1, now=2.0).id == a.id
-    store.record_rotation(
+    assert (await store.account_for_token(T1, now=2.0)).id == a.id
+    await store.record_rotation(
         a.id, refresh_token=T2, access_token=ACCESS, access_expires_at=99.0, now=3.0
     )
-    again = store.account_for_token(T1, now=4.0)
+    again = await store.account_for_token(T1, now=4.0)
     assert again.id == a.id
     assert again.refresh_token == T2
     assert again.previous_refresh_token == T1
     assert again.access_token == ACCESS
     assert again.access_expires_at == 99.0
     # the rotated token, if a client ever sends it, is the same account too
-    assert store.account_for_token(T2, now=5.0).id == a.id
-    assert store.account_for_token("other-token", now=6.0).id != a.id
+    assert (await store.account_for_token(T2, now=5.0)).id == a.id
+    assert (await store.account_for_token("other-token", now=6.0)).id != a.id
     # the token itself is never stored as a fingerprint key
-    rows = store._read("SELECT fingerprint FROM token_fingerprints")
+    rows = await store._read("SELECT fingerprint FROM token_fingerprints")
     assert all(T1 not in r[0] for r in rows)
 
 
-def test_rotation_without_new_refresh_keeps_token(store):
-    a = store.account_for_token(T1, now=1.0)
-    b = store.record_rotation(
+async def test_rotation_without_new_refresh_keeps_token(store):
+    a = await store.account_for_token(T1, now=1.0)
+    b = await store.record_rotation(
         a.id, refresh_token=None, access_token=ACCESS, access_expires_at=5.0, now=2.0
     )
     assert b.refresh_token == T1
@@ -167,110 +168,115 @@ def test_rotation_without_new_refresh_keeps_token(store):
     assert b.access_token == ACCESS
 
 
-def test_rotation_persists_across_instances(tmp_path):
+async def test_rotation_persists_across_instances(tmp_path):
     path = tmp_path / "s.db"
     first = Store(path)
-    a = first.account_for_token(T1, now=1.0)
-    first.record_rotation(
+    a = await first.account_for_token(T1, now=1.0)
+    await first.record_rotation(
         a.id, refresh_token=T2, access_token=ACCESS, access_expires_at=9.0, now=2.0
     )
     # no close(): the rotation is committed when record_rotation returns
     second = Store(path)
     try:
-        assert second.get_account(a.id).refresh_token == T2
-        assert second.account_for_token(T1, now=3.0).id == a.id
+        assert (await second.get_account(a.id)).refresh_token == T2
+        assert (await second.account_for_token(T1, now=3.0)).id == a.id
     finally:
-        second.close()
-        first.close()
+        await second.close()
+        await first.close()
 
 
 def _run_child(code: str) -> None:
     subprocess.run([sys.executable, "-c", textwrap.dedent(code)], cwd=ROOT, check=True, timeout=60)
 
 
-def test_two_processes_share_one_file(tmp_path):
+async def test_two_processes_share_one_file(tmp_path):
     path = tmp_path / "shared.db"
     mine = Store(path)
     try:
-        a = mine.account_for_token(T1, now=1.0)
+        a = await mine.account_for_token(T1, now=1.0)
         # another process rotates the token and dies without closing (os._exit)
         _run_child(
             f"""
-            import os
+            import asyncio, os
             from addon.store._store import Store
-            s = Store({str(path)!r})
-            acct = s.account_for_token({T1!r}, now=2.0)
-            assert acct.id == {a.id!r}
-            s.record_rotation(acct.id, refresh_token={T2!r}, access_token="acc-x",
-                              access_expires_at=50.0, now=2.0)
-            s.account_for_token("child-token", now=2.0)
-            os._exit(0)
+            async def main():
+                s = Store({str(path)!r})
+                acct = await s.account_for_token({T1!r}, now=2.0)
+                assert acct.id == {a.id!r}
+                await s.record_rotation(acct.id, refresh_token={T2!r}, access_token="acc-x",
+                                        access_expires_at=50.0, now=2.0)
+                await s.account_for_token("child-token", now=2.0)
+                os._exit(0)
+            asyncio.run(main())
             """
         )
-        seen = mine.get_account(a.id)
+        seen = await mine.get_account(a.id)
         assert seen.refresh_token == T2
         assert seen.access_token == "acc-x"
-        assert len(mine.list_accounts()) == 2
+        assert len(await mine.list_accounts()) == 2
         # and this process's writes are visible to a new process
-        mine.set_health(a.id, "dead", now=3.0, error="boom")
+        await mine.set_health(a.id, "dead", now=3.0, error="boom")
         _run_child(
             f"""
+            import asyncio
             from addon.store._store import Store
-            s = Store({str(path)!r})
-            assert s.get_account({a.id!r}).health == "dead"
-            s.close()
+            async def main():
+                s = Store({str(path)!r})
+                assert (await s.get_account({a.id!r})).health == "dead"
+                await s.close()
+            asyncio.run(main())
             """
         )
     finally:
-        mine.close()
+        await mine.close()
 
 
-def test_config_account_lifecycle(store):
-    a = store.upsert_config_account("alice", T1, dialect="connect", now=1.0)
+async def test_config_account_lifecycle(store):
+    a = await store.upsert_config_account("alice", T1, dialect="connect", now=1.0)
     assert a.view.source == "config"
     assert a.label == "alice"
     assert a.view.dialect == "connect"
-    store.record_rotation(
+    await store.record_rotation(
         a.id, refresh_token=T2, access_token=ACCESS, access_expires_at=9.0, now=2.0
     )
     # restart with the same configured value: the rotated token stays current
-    b = store.upsert_config_account("alice", T1, dialect=None, now=3.0)
+    b = await store.upsert_config_account("alice", T1, dialect=None, now=3.0)
     assert b.id == a.id
     assert b.refresh_token == T2
     assert b.view.dialect is None
     # the account dies; the user logs in again and configures a new value: it replaces and revives
-    store.set_health(a.id, "dead", now=4.0, error="rejected")
-    c = store.upsert_config_account("alice", "fresh-login-token", now=5.0)
+    await store.set_health(a.id, "dead", now=4.0, error="rejected")
+    c = await store.upsert_config_account("alice", "fresh-login-token", now=5.0)
     assert c.id == a.id
     assert c.refresh_token == "fresh-login-token"
     assert c.access_token is None
     assert c.health == "ok"
     assert c.view.last_error is None
-    assert store.account_for_token("fresh-login-token", now=6.0).id == a.id
-    assert store.account_for_token(T1, now=6.0).id == a.id
+    assert (await store.account_for_token("fresh-login-token", now=6.0)).id == a.id
+    assert (await store.account_for_token(T1, now=6.0)).id == a.id
 
 
-def test_config_adopts_an_account_a_client_brought(store):
-    client = store.account_for_token(T1, now=1.0)
-    store.record_rotation(
+async def test_config_adopts_an_account_a_client_brought(store):
+    client = await store.account_for_token(T1, now=1.0)
+    await store.record_rotation(
         client.id, refresh_token=T2, access_token=ACCESS, access_expires_at=9.0, now=2.0
     )
-    adopted = store.upsert_config_account("bob", T1, now=3.0)
+    adopted = await store.upsert_config_account("bob", T1, now=3.0)
     assert adopted.id == client.id
     assert adopted.view.source == "config"
     assert adopted.refresh_token == T2  # the configured value was already rotated away
 
 
-def test_views_and_reprs_have_no_tokens(store):
-    a = store.account_for_token(T1, now=1.0)
-    store.record_rotation(
+async def test_views_and_reprs_have_no_tokens(store):
+    a = await store.account_for_token(T1, now=1.0)
+    await store.record_rotation(
         a.id, refresh_token=T2, access_token=ACCESS, access_expires_at=9.0, now=2.0
     )
-    a = store.get_account(a.id)
+    a = await store.get_account(a.id)
     for text in (repr(a), str(a)):
         for secret in (T1, T2, ACCESS):
             assert secret not in text
-    views = store.list_accounts()
+    views = await store.list_accounts()
     assert [v.id for v in views] == [a.id]
     names = {f.name for f in dataclasses.fields(AccountView)}
     assert not any("token" in n for n in names)
@@ -280,67 +286,67 @@ def test_views_and_reprs_have_no_tokens(store):
     assert views[0].to_json()["id"] == a.id
 
 
-def test_health_counters_and_redacted_errors(store):
-    a = store.account_for_token(T1, now=1.0)
-    store.count_request(a.id, now=2.0)
-    store.count_request(a.id, now=2.0)
-    store.set_health(
+async def test_health_counters_and_redacted_errors(store):
+    a = await store.account_for_token(T1, now=1.0)
+    await store.count_request(a.id, now=2.0)
+    await store.count_request(a.id, now=2.0)
+    await store.set_health(
         a.id, "cooling", now=3.0, cooling_until=63.0, error=f"429 for Bearer {T1}", failure=True
     )
-    v = store.get_account(a.id).view
+    v = (await store.get_account(a.id)).view
     assert (v.requests, v.failures, v.health, v.cooling_until) == (2, 1, "cooling", 63.0)
     assert T1 not in v.last_error
     assert "429" in v.last_error
-    store.set_health(a.id, "ok", now=4.0)
-    v = store.get_account(a.id).view
+    await store.set_health(a.id, "ok", now=4.0)
+    v = (await store.get_account(a.id)).view
     assert (v.health, v.cooling_until, v.failures) == ("ok", None, 1)
     assert v.last_error is not None  # kept for the operator
-    store.count_failure(a.id, error="timeout", now=5.0)
-    assert store.get_account(a.id).view.failures == 2
-    assert store.get_account(a.id).view.last_error == "timeout"
+    await store.count_failure(a.id, error="timeout", now=5.0)
+    assert (await store.get_account(a.id)).view.failures == 2
+    assert (await store.get_account(a.id)).view.last_error == "timeout"
 
 
-def test_long_text_window(store):
-    a = store.account_for_token(T1, now=0.0)
-    assert store.count_long_text_round(a.id, now=100.0, window=1000.0) == 1
-    assert store.count_long_text_round(a.id, now=200.0, window=1000.0) == 2
-    assert store.count_long_text_round(a.id, now=1100.0, window=1000.0) == 1  # a new window
-    assert store.get_account(a.id).view.window_started_at == 1100.0
+async def test_long_text_window(store):
+    a = await store.account_for_token(T1, now=0.0)
+    assert await store.count_long_text_round(a.id, now=100.0, window=1000.0) == 1
+    assert await store.count_long_text_round(a.id, now=200.0, window=1000.0) == 2
+    assert await store.count_long_text_round(a.id, now=1100.0, window=1000.0) == 1  # a new window
+    assert (await store.get_account(a.id)).view.window_started_at == 1100.0
 
 
-def test_clear_access_only_if(store):
-    a = store.account_for_token(T1, now=1.0)
-    store.record_rotation(
+async def test_clear_access_only_if(store):
+    a = await store.account_for_token(T1, now=1.0)
+    await store.record_rotation(
         a.id, refresh_token=None, access_token="new", access_expires_at=9.0, now=2.0
     )
-    store.clear_access(a.id, only_if="old")
-    assert store.get_account(a.id).access_token == "new"
-    store.clear_access(a.id, only_if="new")
-    assert store.get_account(a.id).access_token is None
+    await store.clear_access(a.id, only_if="old")
+    assert (await store.get_account(a.id)).access_token == "new"
+    await store.clear_access(a.id, only_if="new")
+    assert (await store.get_account(a.id)).access_token is None
 
 
-def test_gateway_keys(store):
-    assert not store.has_gateway_keys()
-    store.add_gateway_key("sk-team-0123456789", label="team", account_ids=["acc_1", "acc_2"])
-    assert store.has_gateway_keys()
-    grant = store.verify_gateway_key("sk-team-0123456789")
+async def test_gateway_keys(store):
+    assert not await store.has_gateway_keys()
+    await store.add_gateway_key("sk-team-0123456789", label="team", account_ids=["acc_1", "acc_2"])
+    assert await store.has_gateway_keys()
+    grant = await store.verify_gateway_key("sk-team-0123456789")
     assert grant.label == "team"
     assert grant.account_ids == ("acc_1", "acc_2")
-    assert store.verify_gateway_key("sk-team-0123456788") is None
-    assert store.verify_gateway_key("") is None
+    assert await store.verify_gateway_key("sk-team-0123456788") is None
+    assert await store.verify_gateway_key("") is None
     # only hashes are stored
-    raw = store._read("SELECT key_hash FROM gateway_keys")
+    raw = await store._read("SELECT key_hash FROM gateway_keys")
     assert all("sk-team" not in r[0] for r in raw)
     # replacing the set drops keys no longer configured
-    store.replace_gateway_keys([("sk-other-0123456789", "other", ["acc_3"])])
-    assert store.verify_gateway_key("sk-team-0123456789") is None
-    assert store.verify_gateway_key("sk-other-0123456789").account_ids == ("acc_3",)
+    await store.replace_gateway_keys([("sk-other-0123456789", "other", ["acc_3"])])
+    assert await store.verify_gateway_key("sk-team-0123456789") is None
+    assert (await store.verify_gateway_key("sk-other-0123456789")).account_ids == ("acc_3",)
 
 
-def test_exchanges(store):
-    a = store.account_for_token(T1, now=1.0)
-    assert store.find_exchange("k") is None
-    store.save_exchange(
+async def test_exchanges(store):
+    a = await store.account_for_token(T1, now=1.0)
+    assert await store.find_exchange("k") is None
+    await store.save_exchange(
         "k",
         account_id=a.id,
         conversation_id="c1",
@@ -348,7 +354,7 @@ def test_exchanges(store):
         dialect="legacy",
         now=10.0,
     )
-    store.save_exchange(
+    await store.save_exchange(
         "k",
         account_id=a.id,
         conversation_id="c1",
@@ -356,76 +362,76 @@ def test_exchanges(store):
         dialect="legacy",
         now=20.0,
     )
-    store.save_exchange(
+    await store.save_exchange(
         "old", account_id=a.id, conversation_id="c0", parent_message_id="m0", dialect=None, now=5.0
     )
-    found = store.find_exchange("k")
+    found = await store.find_exchange("k")
     assert (found.account_id, found.conversation_id, found.parent_message_id, found.updated_at) == (
         a.id,
         "c1",
         "m2",
         20.0,
     )
-    assert store.prune_exchanges(older_than=10.0) == 1
-    assert store.find_exchange("old") is None
+    assert await store.prune_exchanges(older_than=10.0) == 1
+    assert await store.find_exchange("old") is None
 
 
-def test_pending_deletions(store):
-    a = store.account_for_token(T1, now=1.0)
-    store.schedule_deletion(a.id, "c1", dialect="connect", due_at=10.0)
-    store.schedule_deletion(a.id, "c2", dialect="legacy", due_at=20.0)
-    assert store.due_deletions(5.0) == []
-    due = store.due_deletions(15.0)
+async def test_pending_deletions(store):
+    a = await store.account_for_token(T1, now=1.0)
+    await store.schedule_deletion(a.id, "c1", dialect="connect", due_at=10.0)
+    await store.schedule_deletion(a.id, "c2", dialect="legacy", due_at=20.0)
+    assert await store.due_deletions(5.0) == []
+    due = await store.due_deletions(15.0)
     assert [d.conversation_id for d in due] == ["c1"]
     assert due[0].dialect == "connect"
     assert due[0].attempts == 0
-    store.reschedule("c1", now=15.0, backoff=30.0, error=f"HTTP 500 Bearer {T1}")
-    assert [d.conversation_id for d in store.due_deletions(25.0)] == ["c2"]
-    later = store.due_deletions(50.0)
+    await store.reschedule("c1", now=15.0, backoff=30.0, error=f"HTTP 500 Bearer {T1}")
+    assert [d.conversation_id for d in await store.due_deletions(25.0)] == ["c2"]
+    later = await store.due_deletions(50.0)
     assert [d.conversation_id for d in later] == ["c2", "c1"]  # c1 now due at 45
     assert later[1].due_at == 45.0
     assert later[1].attempts == 1
     assert T1 not in later[1].last_error
-    assert store.cancel_deletion("c2") is True  # the client continued it
-    assert store.cancel_deletion("c2") is False
-    store.mark_deleted("c1")
-    assert store.due_deletions(1e9) == []
+    assert await store.cancel_deletion("c2") is True  # the client continued it
+    assert await store.cancel_deletion("c2") is False
+    await store.mark_deleted("c1")
+    assert await store.due_deletions(1e9) == []
 
 
-def test_delete_account_cascades(store):
-    a = store.account_for_token(T1, now=1.0)
-    store.schedule_deletion(a.id, "c1", dialect=None, due_at=1.0)
-    assert store.delete_account(a.id) is True
-    assert store.get_account(a.id) is None
-    assert store.due_deletions(10.0) == []
-    assert store.account_for_token(T1, now=2.0).id != a.id  # the fingerprint went too
+async def test_delete_account_cascades(store):
+    a = await store.account_for_token(T1, now=1.0)
+    await store.schedule_deletion(a.id, "c1", dialect=None, due_at=1.0)
+    assert await store.delete_account(a.id) is True
+    assert await store.get_account(a.id) is None
+    assert await store.due_deletions(10.0) == []
+    assert (await store.account_for_token(T1, now=2.0)).id != a.id  # the fingerprint went too
 
 
-def test_memory_store_for_tests():
+async def test_memory_store_for_tests():
     s = Store(":memory:")
-    a = s.account_for_token(T1, now=1.0)
-    assert s.get_accounts([a.id, "acc_missing"]) == {a.id: a}
-    s.close()
+    a = await s.account_for_token(T1, now=1.0)
+    assert await s.get_accounts([a.id, "acc_missing"]) == {a.id: a}
+    await s.close()
 
 
-def test_refresh_lock_is_exclusive_renewable_and_expires(tmp_path):
+async def test_refresh_lock_is_exclusive_renewable_and_expires(tmp_path):
     path = tmp_path / "shared.db"
     one, two = Store(path), Store(path)
     try:
-        a = one.account_for_token(T1, now=1.0)
-        assert one.try_refresh_lock(a.id, owner="p1", ttl=30.0, now=100.0) is True
-        assert two.try_refresh_lock(a.id, owner="p2", ttl=30.0, now=110.0) is False
-        assert one.try_refresh_lock(a.id, owner="p1", ttl=30.0, now=120.0) is True  # renewed
-        assert two.try_refresh_lock(a.id, owner="p2", ttl=30.0, now=140.0) is False
+        a = await one.account_for_token(T1, now=1.0)
+        assert await one.try_refresh_lock(a.id, owner="p1", ttl=30.0, now=100.0) is True
+        assert await two.try_refresh_lock(a.id, owner="p2", ttl=30.0, now=110.0) is False
+        assert await one.try_refresh_lock(a.id, owner="p1", ttl=30.0, now=120.0) is True  # renewed
+        assert await two.try_refresh_lock(a.id, owner="p2", ttl=30.0, now=140.0) is False
         # p1 crashed: its lock ends 30 s after its last renewal
-        assert two.try_refresh_lock(a.id, owner="p2", ttl=30.0, now=150.0) is True
-        one.release_refresh_lock(a.id, owner="p1")  # not p1's any more: nothing happens
-        assert one.try_refresh_lock(a.id, owner="p1", ttl=30.0, now=151.0) is False
-        two.release_refresh_lock(a.id, owner="p2")
-        assert one.try_refresh_lock(a.id, owner="p1", ttl=30.0, now=152.0) is True
+        assert await two.try_refresh_lock(a.id, owner="p2", ttl=30.0, now=150.0) is True
+        await one.release_refresh_lock(a.id, owner="p1")  # not p1's any more: nothing happens
+        assert await one.try_refresh_lock(a.id, owner="p1", ttl=30.0, now=151.0) is False
+        await two.release_refresh_lock(a.id, owner="p2")
+        assert await one.try_refresh_lock(a.id, owner="p1", ttl=30.0, now=152.0) is True
     finally:
-        one.close()
-        two.close()
+        await one.close()
+        await two.close()
 
 
 async def test_refresh_lock_waits_for_the_holder(tmp_path):
@@ -433,7 +439,7 @@ async def test_refresh_lock_waits_for_the_holder(tmp_path):
     one, two = Store(path), Store(path)
     order: list[str] = []
     try:
-        a = one.account_for_token(T1, now=1.0)
+        a = await one.account_for_token(T1, now=1.0)
 
         async def hold(store: Store, owner: str) -> None:
             async with store.refresh_lock(a.id, owner=owner, ttl=30.0, clock=time.time, poll=0.01):
@@ -445,29 +451,28 @@ async def test_refresh_lock_waits_for_the_holder(tmp_path):
         await asyncio.sleep(0.02)
         await asyncio.gather(first, hold(two, "p2"))
         assert order == ["p1 in", "p1 out", "p2 in", "p2 out"]
-        assert one.try_refresh_lock(a.id, owner="p3", ttl=30.0, now=time.time()) is True
+        assert await one.try_refresh_lock(a.id, owner="p3", ttl=30.0, now=time.time()) is True
     finally:
-        one.close()
-        two.close()
+        await one.close()
+        await two.close()
 
 
-def test_due_deletions_are_claimed_by_one_owner_until_the_claim_runs_out(tmp_path):
+async def test_due_deletions_are_claimed_by_one_owner_until_the_claim_runs_out(tmp_path):
     path = tmp_path / "shared.db"
     one, two = Store(path), Store(path)
     try:
-        a = one.account_for_token(T1, now=1.0)
+        a = await one.account_for_token(T1, now=1.0)
         for n in range(5):
-            one.schedule_deletion(a.id, f"c{n}", dialect="legacy", due_at=10.0 + n)
-        first = one.claim_due_deletions(12.0, owner="p1", claim_ttl=60.0)
+            await one.schedule_deletion(a.id, f"c{n}", dialect="legacy", due_at=10.0 + n)
+        first = await one.claim_due_deletions(12.0, owner="p1", claim_ttl=60.0)
         assert [p.conversation_id for p in first] == ["c0", "c1", "c2"]
-        second = two.claim_due_deletions(20.0, owner="p2", claim_ttl=60.0)
+        second = await two.claim_due_deletions(20.0, owner="p2", claim_ttl=60.0)
         assert [p.conversation_id for p in second] == ["c3", "c4"]  # never p1's rows
-        assert two.claim_due_deletions(21.0, owner="p2", claim_ttl=60.0) == second
-        one.mark_deleted("c0")
-        one.reschedule("c1", now=20.0, backoff=5.0, error="HTTP 500")  # frees the claim
-        assert [
-            p.conversation_id for p in two.claim_due_deletions(25.0, owner="p2", claim_ttl=60.0)
-        ] == [
+        assert await two.claim_due_deletions(21.0, owner="p2", claim_ttl=60.0) == second
+        await one.mark_deleted("c0")
+        await one.reschedule("c1", now=20.0, backoff=5.0, error="HTTP 500")  # frees the claim
+        claimed = await two.claim_due_deletions(25.0, owner="p2", claim_ttl=60.0)
+        assert [p.conversation_id for p in claimed] == [
             "c3",
             "c4",
             "c1",
@@ -475,32 +480,34 @@ def test_due_deletions_are_claimed_by_one_owner_until_the_claim_runs_out(tmp_pat
         # p1 crashed holding c2: its claim ends at 72, then c2 comes back
         assert [
             p.conversation_id
-            for p in two.claim_due_deletions(73.0, owner="p3", claim_ttl=60.0, limit=1)
+            for p in await two.claim_due_deletions(73.0, owner="p3", claim_ttl=60.0, limit=1)
         ] == ["c2"]
         # shutdown's horizon reaches rows not yet due
-        one.schedule_deletion(a.id, "later", dialect=None, due_at=1e6)
-        late = one.claim_due_deletions(74.0, owner="p1", claim_ttl=60.0, due_by=float("inf"))
+        await one.schedule_deletion(a.id, "later", dialect=None, due_at=1e6)
+        late = await one.claim_due_deletions(74.0, owner="p1", claim_ttl=60.0, due_by=float("inf"))
         assert [p.conversation_id for p in late] == ["later"]
     finally:
-        one.close()
-        two.close()
+        await one.close()
+        await two.close()
 
 
-def test_accounts_whose_token_never_worked_expire_and_are_capped(store):
-    worked = store.account_for_token(T1, now=1.0)
-    store.record_rotation(
+async def test_accounts_whose_token_never_worked_expire_and_are_capped(store):
+    worked = await store.account_for_token(T1, now=1.0)
+    await store.record_rotation(
         worked.id, refresh_token=T2, access_token=ACCESS, access_expires_at=900.0, now=2.0
     )
-    config = store.upsert_config_account("alice", "rt-config-never-used", now=1.0)
-    junk = [store.account_for_token(f"junk-{n}", now=10.0 + n) for n in range(3)]
-    assert store.try_refresh_lock(junk[0].id, owner="p1", ttl=30.0, now=10.0)  # being tried now
-    assert store.prune_unproven_accounts(now=10.0 + Store.UNPROVEN_TTL + 1.5) == 1  # junk-1 only
-    ids = {v.id for v in store.list_accounts()}
+    config = await store.upsert_config_account("alice", "rt-config-never-used", now=1.0)
+    junk = [await store.account_for_token(f"junk-{n}", now=10.0 + n) for n in range(3)]
+    # junk-0 is being tried now
+    assert await store.try_refresh_lock(junk[0].id, owner="p1", ttl=30.0, now=10.0)
+    # junk-1 only
+    assert await store.prune_unproven_accounts(now=10.0 + Store.UNPROVEN_TTL + 1.5) == 1
+    ids = {v.id for v in await store.list_accounts()}
     assert ids == {worked.id, config.id, junk[0].id, junk[2].id}
-    store.release_refresh_lock(junk[0].id, owner="p1")
+    await store.release_refresh_lock(junk[0].id, owner="p1")
 
     store.MAX_UNPROVEN = 3
-    more = [store.account_for_token(f"more-{n}", now=100.0 + n) for n in range(4)]
-    ids = {v.id for v in store.list_accounts()}
+    more = [await store.account_for_token(f"more-{n}", now=100.0 + n) for n in range(4)]
+    ids = {v.id for v in await store.list_accounts()}
     assert ids == {worked.id, config.id, *(a.id for a in more[1:])}  # the 3 newest unproven
-    assert store.account_for_token(T1, now=200.0).id == worked.id  # proven ones stay
+    assert (await store.account_for_token(T1, now=200.0)).id == worked.id  # proven ones stay

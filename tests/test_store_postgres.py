@@ -20,10 +20,10 @@ def pg_url(postgres_server):
 
 
 @pytest.fixture
-def store(pg_url):
-    s = PgStore(pg_url)
+async def store(pg_url):
+    s = await PgStore.connect(pg_url)
     yield s
-    s.close()
+    await s.close()
 
 
 # The shared suite: the same test functions, here with the PostgreSQL `store` above.
@@ -37,107 +37,107 @@ def test_the_suite_is_shared():
     assert len(shared) >= 10
 
 
-def test_schema_version_and_reopen(pg_url):
-    first = PgStore(pg_url)
-    account = first.account_for_token("rt-pg-reopen-1", now=1.0)
-    first.close()
-    second = PgStore(pg_url)
+async def test_schema_version_and_reopen(pg_url):
+    first = await PgStore.connect(pg_url)
+    account = await first.account_for_token("rt-pg-reopen-1", now=1.0)
+    await first.close()
+    second = await PgStore.connect(pg_url)
     try:
-        assert second.schema_version == SCHEMA_VERSION
-        assert second.account_for_token("rt-pg-reopen-1", now=2.0).id == account.id
+        assert (await second.schema_version()) == SCHEMA_VERSION
+        assert (await second.account_for_token("rt-pg-reopen-1", now=2.0)).id == account.id
     finally:
-        second.close()
+        await second.close()
 
 
-def test_refuses_a_newer_schema(pg_url):
+async def test_refuses_a_newer_schema(pg_url):
     import psycopg
 
-    PgStore(pg_url).close()
+    await (await PgStore.connect(pg_url)).close()
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("UPDATE kimi_schema_version SET version = version + 1")
     with pytest.raises(StoreError, match="schema version"):
-        PgStore(pg_url)
+        await PgStore.connect(pg_url)
 
 
-def test_unreachable_server_is_a_store_error_without_the_password():
+async def test_unreachable_server_is_a_store_error_without_the_password():
     url = "postgresql://kimi:s3cret-pass@127.0.0.1:1/none"
     with pytest.raises(StoreError) as info:
-        PgStore(url, connect_timeout=2)
+        await PgStore.connect(url, connect_timeout=2)
     assert "s3cret-pass" not in str(info.value)
     assert safe_url(url) == "postgresql://kimi:***@127.0.0.1:1/none"
 
 
-def test_open_store_picks_the_backend(pg_url, tmp_path):
-    pg = open_store(pg_url)
-    lite = open_store(str(tmp_path / "a.sqlite3"))
+async def test_open_store_picks_the_backend(pg_url, tmp_path):
+    pg = await open_store(pg_url)
+    lite = await open_store(str(tmp_path / "a.sqlite3"))
     try:
         assert isinstance(pg, PgStore)
         assert not isinstance(lite, PgStore)
     finally:
-        pg.close()
-        lite.close()
+        await pg.close()
+        await lite.close()
 
 
-def test_refresh_lock_is_exclusive_across_connections(pg_url):
-    one, two = PgStore(pg_url), PgStore(pg_url)
+async def test_refresh_lock_is_exclusive_across_connections(pg_url):
+    one, two = await PgStore.connect(pg_url), await PgStore.connect(pg_url)
     try:
-        account = one.account_for_token("rt-pg-lock-1", now=1.0)
-        assert one.try_refresh_lock(account.id, owner="one", ttl=10, now=100.0)
-        assert not two.try_refresh_lock(account.id, owner="two", ttl=10, now=105.0)
-        assert one.try_refresh_lock(account.id, owner="one", ttl=10, now=105.0)  # renewed
-        assert not two.try_refresh_lock(account.id, owner="two", ttl=10, now=114.0)
-        assert two.try_refresh_lock(account.id, owner="two", ttl=10, now=115.5)  # expired
-        one.release_refresh_lock(account.id, owner="one")  # not its lock any more
-        assert not one.try_refresh_lock(account.id, owner="one", ttl=10, now=116.0)
-        two.release_refresh_lock(account.id, owner="two")
-        assert one.try_refresh_lock(account.id, owner="one", ttl=10, now=116.0)
+        account = await one.account_for_token("rt-pg-lock-1", now=1.0)
+        assert await one.try_refresh_lock(account.id, owner="one", ttl=10, now=100.0)
+        assert not await two.try_refresh_lock(account.id, owner="two", ttl=10, now=105.0)
+        assert await one.try_refresh_lock(account.id, owner="one", ttl=10, now=105.0)  # renewed
+        assert not await two.try_refresh_lock(account.id, owner="two", ttl=10, now=114.0)
+        assert await two.try_refresh_lock(account.id, owner="two", ttl=10, now=115.5)  # expired
+        await one.release_refresh_lock(account.id, owner="one")  # not its lock any more
+        assert not await one.try_refresh_lock(account.id, owner="one", ttl=10, now=116.0)
+        await two.release_refresh_lock(account.id, owner="two")
+        assert await one.try_refresh_lock(account.id, owner="one", ttl=10, now=116.0)
     finally:
-        one.close()
-        two.close()
+        await one.close()
+        await two.close()
 
 
-def test_due_deletions_are_claimed_once_across_connections(pg_url):
-    one, two = PgStore(pg_url), PgStore(pg_url)
+async def test_due_deletions_are_claimed_once_across_connections(pg_url):
+    one, two = await PgStore.connect(pg_url), await PgStore.connect(pg_url)
     try:
-        account = one.account_for_token("rt-pg-claims-1", now=1.0)
+        account = await one.account_for_token("rt-pg-claims-1", now=1.0)
         for n in range(6):
-            one.schedule_deletion(account.id, f"conv-{n}", dialect="legacy", due_at=10.0 + n)
-        first = one.claim_due_deletions(20.0, owner="one", claim_ttl=30, limit=4)
-        second = two.claim_due_deletions(20.0, owner="two", claim_ttl=30)
+            await one.schedule_deletion(account.id, f"conv-{n}", dialect="legacy", due_at=10.0 + n)
+        first = await one.claim_due_deletions(20.0, owner="one", claim_ttl=30, limit=4)
+        second = await two.claim_due_deletions(20.0, owner="two", claim_ttl=30)
         assert [p.conversation_id for p in first] == [f"conv-{n}" for n in range(4)]
         assert [p.conversation_id for p in second] == ["conv-4", "conv-5"]
-        assert two.claim_due_deletions(25.0, owner="three", claim_ttl=30) == []
+        assert await two.claim_due_deletions(25.0, owner="three", claim_ttl=30) == []
         # crashed holders' claims free themselves
-        taken = two.claim_due_deletions(51.0, owner="three", claim_ttl=30)
+        taken = await two.claim_due_deletions(51.0, owner="three", claim_ttl=30)
         assert [p.conversation_id for p in taken] == [f"conv-{n}" for n in range(6)]
         # re-scheduling (INSERT OR REPLACE) resets the claim, as on SQLite
-        one.schedule_deletion(account.id, "conv-0", dialect="legacy", due_at=60.0)
-        again = one.claim_due_deletions(61.0, owner="one", claim_ttl=30)
+        await one.schedule_deletion(account.id, "conv-0", dialect="legacy", due_at=60.0)
+        again = await one.claim_due_deletions(61.0, owner="one", claim_ttl=30)
         assert [p.conversation_id for p in again] == ["conv-0"]
         assert again[0].attempts == 0
     finally:
-        one.close()
-        two.close()
+        await one.close()
+        await two.close()
 
 
-def test_timestamps_keep_their_precision(store):
-    account = store.account_for_token("rt-pg-time-1", now=1_795_946_432.125)
-    assert store.get_account(account.id).view.created_at == 1_795_946_432.125
+async def test_timestamps_keep_their_precision(store):
+    account = await store.account_for_token("rt-pg-time-1", now=1_795_946_432.125)
+    assert (await store.get_account(account.id)).view.created_at == 1_795_946_432.125
 
 
-def test_a_failed_write_transaction_leaves_nothing_and_the_store_goes_on(store):
-    account = store.account_for_token("rt-pg-rollback-1", now=1.0)
+async def test_a_failed_write_transaction_leaves_nothing_and_the_store_goes_on(store):
+    account = await store.account_for_token("rt-pg-rollback-1", now=1.0)
 
-    def fail_mid_transaction() -> None:
-        with store._write() as db:
-            db.execute("UPDATE accounts SET requests = 99 WHERE id = ?", (account.id,))
+    async def fail_mid_transaction() -> None:
+        async with store._write() as db:
+            await db.execute("UPDATE accounts SET requests = 99 WHERE id = ?", (account.id,))
             raise RuntimeError("the caller failed mid-transaction")
 
     with pytest.raises(RuntimeError):
-        fail_mid_transaction()
-    assert store.get_account(account.id).view.requests == 0
-    store.count_request(account.id, now=2.0)
-    assert store.get_account(account.id).view.requests == 1
+        await fail_mid_transaction()
+    assert (await store.get_account(account.id)).view.requests == 0
+    await store.count_request(account.id, now=2.0)
+    assert (await store.get_account(account.id)).view.requests == 1
 
 
 def test_sql_translation():

@@ -19,44 +19,44 @@ def stored(response_id: str, conversation_id: str, account_id: str, *, at: float
     )
 
 
-def test_a_response_lives_with_its_conversation(tmp_path):
+async def test_a_response_lives_with_its_conversation(tmp_path):
     store = Store(tmp_path / "s.sqlite3")
-    account = store.account_for_token("refresh-a", now=1.0)
-    store.save_response(stored("resp_1", "conv1", account.id, at=10.0))
+    account = await store.account_for_token("refresh-a", now=1.0)
+    await store.save_response(stored("resp_1", "conv1", account.id, at=10.0))
     # Not queued for deletion (not ours, or already deleted): not there.
-    assert store.get_response("resp_1") is None
-    store.schedule_deletion(account.id, "conv1", dialect="connect", due_at=100.0)
-    got = store.get_response("resp_1")
+    assert await store.get_response("resp_1") is None
+    await store.schedule_deletion(account.id, "conv1", dialect="connect", due_at=100.0)
+    got = await store.get_response("resp_1")
     assert got == stored("resp_1", "conv1", account.id, at=10.0)
-    assert store.get_response("resp_unknown") is None
-    store.mark_deleted("conv1")
-    assert store.get_response("resp_1") is None
-    store.close()
+    assert await store.get_response("resp_unknown") is None
+    await store.mark_deleted("conv1")
+    assert await store.get_response("resp_1") is None
+    await store.close()
 
 
-def test_latest_prune_and_delete(tmp_path):
+async def test_latest_prune_and_delete(tmp_path):
     store = Store(tmp_path / "s.sqlite3")
-    account = store.account_for_token("refresh-a", now=1.0)
-    store.schedule_deletion(account.id, "live", dialect=None, due_at=100.0)
-    store.save_response(stored("resp_1", "live", account.id, at=10.0))
-    store.save_response(stored("resp_2", "live", account.id, at=11.0, parent="resp_1"))
-    store.save_response(stored("resp_old", "gone", account.id, at=5.0))
-    store.save_response(stored("resp_young", "gone", account.id, at=50.0))
-    assert store.latest_response_id("live") == "resp_2"
-    assert store.latest_response_id("nothing") is None
+    account = await store.account_for_token("refresh-a", now=1.0)
+    await store.schedule_deletion(account.id, "live", dialect=None, due_at=100.0)
+    await store.save_response(stored("resp_1", "live", account.id, at=10.0))
+    await store.save_response(stored("resp_2", "live", account.id, at=11.0, parent="resp_1"))
+    await store.save_response(stored("resp_old", "gone", account.id, at=5.0))
+    await store.save_response(stored("resp_young", "gone", account.id, at=50.0))
+    assert await store.latest_response_id("live") == "resp_2"
+    assert await store.latest_response_id("nothing") is None
     # Only rows older than the cut whose conversation is gone are pruned.
-    assert store.prune_responses(older_than=20.0) == 1
-    assert store.latest_response_id("gone") == "resp_young"
-    assert store.delete_responses("live") == 2
-    assert store.latest_response_id("live") is None
-    store.close()
+    assert await store.prune_responses(older_than=20.0) == 1
+    assert await store.latest_response_id("gone") == "resp_young"
+    assert await store.delete_responses("live") == 2
+    assert await store.latest_response_id("live") is None
+    await store.close()
 
 
-def test_rows_go_with_their_account(tmp_path):
+async def test_rows_go_with_their_account(tmp_path):
     store = Store(tmp_path / "s.sqlite3")
-    account = store.account_for_token("refresh-a", now=1.0)
-    store.schedule_deletion(account.id, "c", dialect=None, due_at=100.0)
-    store.save_response(stored("resp_1", "c", account.id, at=10.0))
-    store.delete_account(account.id)
-    assert store.latest_response_id("c") is None
-    store.close()
+    account = await store.account_for_token("refresh-a", now=1.0)
+    await store.schedule_deletion(account.id, "c", dialect=None, due_at=100.0)
+    await store.save_response(stored("resp_1", "c", account.id, at=10.0))
+    await store.delete_account(account.id)
+    assert await store.latest_response_id("c") is None
+    await store.close()

@@ -28,7 +28,7 @@ class Lease:
                 ...use lease.account...
                 break
             except (AuthFailed, TransientFailure, RemoteProtocolError) as exc:
-                if lease.fail_over(exc) is None:
+                if await lease.fail_over(exc) is None:
                     raise lease.refusal or exc
     ```
     Entering raises `NoAccountAvailable` when no account can be had. Leaving without an
@@ -74,9 +74,9 @@ class Lease:
             return
         self._pool.release(account.id)
         if exc_type is None and account.health != "ok":
-            self._pool.mark_ok(account)
+            await self._pool.mark_ok(account)
 
-    def fail_over(self, error: BaseException) -> Account | None:
+    async def fail_over(self, error: BaseException) -> Account | None:
         """Mark the current account per `error`, release it, and take the next candidate.
 
         AuthFailed or status 401 → dead (only AFTER the one refresh-and-retry: see
@@ -88,9 +88,9 @@ class Lease:
         account, self.account = self.account, None
         if account is None:
             return None
-        self._pool.mark_for(account, error)
+        await self._pool.mark_for(account, error)
         self._pool.release(account.id)
-        choice = self._pool.try_choose(self._ids, self._tried)
+        choice = await self._pool.try_choose(self._ids, self._tried)
         if not isinstance(choice, Account):
             self.refusal = choice
             return None

@@ -176,12 +176,12 @@ class AccountPool:
 
     # -- configuration and credentials ------------------------------------------------------
 
-    def apply_config(self, config: Config) -> dict[str, Account]:
+    async def apply_config(self, config: Config) -> dict[str, Account]:
         """Sync the store with the config (accounts by label, the exact set of gateway keys) and
         adopt `require_key` / `admin_key`. Returns the configured accounts by label."""
         now = self._clock()
         by_label = {
-            a.label: self.store.upsert_config_account(
+            a.label: await self.store.upsert_config_account(
                 a.label, a.refresh_token, dialect=a.dialect, now=now
             )
             for a in config.accounts
@@ -189,8 +189,8 @@ class AccountPool:
         # A key without an account list may use every configured account and every account
         # added on the admin page.
         everyone = [a.id for a in by_label.values()]
-        everyone += [i for i in self.store.admin_account_ids() if i not in everyone]
-        self.store.replace_gateway_keys(
+        everyone += [i for i in await self.store.admin_account_ids() if i not in everyone]
+        await self.store.replace_gateway_keys(
             (k.key, k.label, [by_label[x].id for x in k.accounts] if k.accounts else everyone)
             for k in config.keys
         )
@@ -210,7 +210,7 @@ class AccountPool:
             hash_key(value), self._admin_hash
         )
 
-    def resolve(self, credentials: str) -> list[Account]:
+    async def resolve(self, credentials: str) -> list[Account]:
         """The accounts a client's bearer value names, in order, without duplicates.
 
         Raises:
@@ -241,17 +241,17 @@ class AccountPool:
         found: dict[str, Account] = {}
         for part in parts:
             if part.startswith("sk-"):
-                grant = self.store.verify_gateway_key(part)
+                grant = await self.store.verify_gateway_key(part)
                 if grant is None:
                     raise AccessDenied("invalid API key", code="invalid_api_key")
-                found.update(self.store.get_accounts(grant.account_ids))
+                found.update(await self.store.get_accounts(grant.account_ids))
             elif self.require_key:
                 raise AccessDenied(
                     "this proxy requires an API key (sk-...); Kimi tokens are not accepted",
                     code="invalid_api_key",
                 )
             else:
-                account = self.store.account_for_token(part, now=now)
+                account = await self.store.account_for_token(part, now=now)
                 found[account.id] = account
         if not found:
             raise AccessDenied("this API key has no Kimi accounts", status=403, code="no_accounts")
@@ -274,7 +274,7 @@ class AccountPool:
             AuthFailed: the account is dead, or Kimi rejected its refresh token now.
             TransientFailure: the refresh call failed for a reason unrelated to the token.
         """
-        current = self.store.get_account(account.id)
+        current = await self.store.get_account(account.id)
         if current is None:
             raise KeyError(account.id)
         if current.health == "dead":
@@ -307,7 +307,7 @@ class AccountPool:
     async def _refresh_locked(self, account_id: str) -> str:
         sent: set[str] = set()
         while True:
-            account = self.store.get_account(account_id)
+            account = await self.store.get_account(account_id)
             if account is None:
                 raise KeyError(account_id)
             if account.health == "dead":  # another process found it dead meanwhile
@@ -324,14 +324,15 @@ class AccountPool:
             except AuthFailed:
                 # Refused: dead, unless the store holds a newer token by now (a process that
                 # refreshed without the lock); then that one is the account's token.
-                latest = self.store.get_account(account_id)
+                latest = await self.store.get_account(account_id)
                 if latest is not None and latest.refresh_token != token:
                     continue
                 break
-            # The first thing after Kimi's answer, with nothing awaited in between: Kimi has
-            # rotated the token, and only this commit keeps the new one across a crash.
+            # The first thing after Kimi's answer: Kimi has rotated the token, and only this
+            # commit keeps the new one across a crash. (SQLite commits it before the loop runs
+            # anything else; the PostgreSQL store shields it from cancellation.)
             now = self._clock()
-            self.store.record_rotation(
+            await self.store.record_rotation(
                 account_id,
                 refresh_token=grant.refresh_token,
                 access_token=grant.access_token,
@@ -342,15 +343,17 @@ class AccountPool:
                 self._unconfirmed.add(account_id)
             return grant.access_token
         error = "Kimi rejected the refresh token: log in again and send the new token"
-        self.store.set_health(account_id, "dead", now=self._clock(), error=error, failure=True)
+        await self.store.set_health(
+            account_id, "dead", now=self._clock(), error=error, failure=True
+        )
         raise AuthFailed(error)
 
-    def confirm(self, account: Account) -> None:
+    async def confirm(self, account: Account) -> None:
         """A request on `account` succeeded: a refresh token this pool retired can go now
         (its successor has worked)."""
         if account.id in self._unconfirmed:
             self._unconfirmed.discard(account.id)
-            self.store.confirm_rotation(account.id)
+            await self.store.confirm_rotation(account.id)
 
     def _expiry(self, grant: TokenGrant, now: float) -> float:
         if grant.expires_at is not None:
@@ -361,46 +364,48 @@ class AccountPool:
             exp = None
         return float(exp) if exp is not None else now + self.default_access_ttl
 
-    def invalidate_access(self, account: Account, access_token: str | None = None) -> None:
+    async def invalidate_access(self, account: Account, access_token: str | None = None) -> None:
         """Drop the cached access token after Kimi refused it mid-flight; the next
         `access_token` call refreshes. Give the refused token so a newer one is kept."""
-        self.store.clear_access(account.id, only_if=access_token)
+        await self.store.clear_access(account.id, only_if=access_token)
 
     # -- health and counters ----------------------------------------------------------------
 
-    def mark_dead(self, account: Account, error: str | BaseException) -> None:
-        self.store.set_health(account.id, "dead", now=self._clock(), error=str(error), failure=True)
+    async def mark_dead(self, account: Account, error: str | BaseException) -> None:
+        await self.store.set_health(
+            account.id, "dead", now=self._clock(), error=str(error), failure=True
+        )
 
-    def mark_cooling(
+    async def mark_cooling(
         self, account: Account, seconds: float | None, error: str | BaseException
     ) -> None:
         """Rest the account for `seconds` (Retry-After), else for `cooldown`."""
         now = self._clock()
         until = now + (self.cooldown if seconds is None else max(0.0, seconds))
-        self.store.set_health(
+        await self.store.set_health(
             account.id, "cooling", now=now, cooling_until=until, error=str(error), failure=True
         )
 
-    def mark_ok(self, account: Account) -> None:
-        self.store.set_health(account.id, "ok", now=self._clock())
+    async def mark_ok(self, account: Account) -> None:
+        await self.store.set_health(account.id, "ok", now=self._clock())
 
-    def note_long_text_round(self, account: Account) -> int:
+    async def note_long_text_round(self, account: Account) -> int:
         """Count a long-text question against Kimi's per-window quota; returns the count."""
-        return self.store.count_long_text_round(
+        return await self.store.count_long_text_round(
             account.id, now=self._clock(), window=LONG_TEXT_WINDOW
         )
 
-    def mark_for(self, account: Account, error: BaseException) -> None:
+    async def mark_for(self, account: Account, error: BaseException) -> None:
         """Record what `error` says about the account (see `Lease.fail_over`)."""
         status = error.status if isinstance(error, TranslatorError) else None
         if isinstance(error, AuthFailed) or status == 401:
-            self.mark_dead(account, error)
+            await self.mark_dead(account, error)
         elif isinstance(error, RateLimited) or status in (402, 429):
-            self.mark_cooling(account, getattr(error, "retry_after", None), error)
+            await self.mark_cooling(account, getattr(error, "retry_after", None), error)
         elif isinstance(error, TransientFailure) and error.retry_after is not None:
-            self.mark_cooling(account, error.retry_after, error)
+            await self.mark_cooling(account, error.retry_after, error)
         else:
-            self.store.count_failure(account.id, error=str(error), now=self._clock())
+            await self.store.count_failure(account.id, error=str(error), now=self._clock())
 
     # -- leasing ----------------------------------------------------------------------------
 
@@ -409,12 +414,12 @@ class AccountPool:
         account to take whenever it is usable (it holds the conversation being continued)."""
         return Lease(self, [a.id for a in accounts], prefer=prefer)
 
-    def describe(self) -> list[dict[str, Any]]:
+    async def describe(self) -> list[dict[str, Any]]:
         """Every account without tokens, as JSON objects (for `/v1/accounts`), with the
         requests this process has in flight on each."""
         return [
             {**view.to_json(), "in_flight": self.in_flight(view.id)}
-            for view in self.store.list_accounts()
+            for view in await self.store.list_accounts()
         ]
 
     def in_flight(self, account_id: str) -> int:
@@ -424,12 +429,12 @@ class AccountPool:
         """Requests this process serves with some account right now (open upstream replies)."""
         return sum(self._in_flight.values())
 
-    def health_counts(self) -> dict[str, int]:
+    async def health_counts(self) -> dict[str, int]:
         """Accounts by effective health (a cooling account whose rest is over counts as ok; a
         disabled one as `disabled`)."""
         now = self._clock()
         counts: dict[str, int] = {}
-        for view in self.store.list_accounts():
+        for view in await self.store.list_accounts():
             health: str = view.health
             if view.disabled:
                 health = "disabled"
@@ -438,26 +443,28 @@ class AccountPool:
             counts[health] = counts.get(health, 0) + 1
         return counts
 
-    def usable_count(self, *, source: str = "config") -> int:
+    async def usable_count(self, *, source: str = "config") -> int:
         """Accounts of `source` that a request could use now (not dead, cooling or disabled)."""
         now = self._clock()
         return sum(
             1
-            for view in self.store.list_accounts()
+            for view in await self.store.list_accounts()
             if view.source == source
             and not view.disabled
             and view.health != "dead"
             and (view.cooling_until or 0.0) <= now
         )
 
-    def choose(self, ids: Sequence[str], exclude: set[str], prefer: str | None = None) -> Account:
+    async def choose(
+        self, ids: Sequence[str], exclude: set[str], prefer: str | None = None
+    ) -> Account:
         """Take a slot on the best usable account now, or raise why none is usable.
 
         Best: the preferred account if usable, then fewest requests in flight here, then fewest
         requests served, then client order.
         """
         now = self._clock()
-        current = self.store.get_accounts(ids)
+        current = await self.store.get_accounts(ids)
         candidates = [current[i] for i in ids if i in current and i not in exclude]
         if candidates and all(a.view.disabled for a in candidates):
             raise NoAccountAvailable(
@@ -495,13 +502,19 @@ class AccountPool:
             key=lambda a: (a.id != prefer, self.in_flight(a.id), a.view.requests, order[a.id]),
         )
         self._in_flight[best.id] = self.in_flight(best.id) + 1
-        self.store.count_request(best.id, now=now)
+        try:
+            await self.store.count_request(best.id, now=now)
+        except BaseException:  # the store failed (or the request was cancelled): no slot taken
+            self.release(best.id)
+            raise
         return best
 
-    def try_choose(self, ids: Sequence[str], exclude: set[str]) -> Account | NoAccountAvailable:
+    async def try_choose(
+        self, ids: Sequence[str], exclude: set[str]
+    ) -> Account | NoAccountAvailable:
         """`choose`, with the refusal returned instead of raised."""
         try:
-            return self.choose(ids, exclude)
+            return await self.choose(ids, exclude)
         except NoAccountAvailable as exc:
             return exc
 
@@ -513,7 +526,7 @@ class AccountPool:
         deadline = loop.time() + self.busy_wait
         while True:
             try:
-                return self.choose(ids, exclude, prefer)
+                return await self.choose(ids, exclude, prefer)
             except NoAccountAvailable as exc:
                 remaining = deadline - loop.time()
                 if exc.code != "accounts_busy" or remaining <= 0:

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import signal
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from ._config import Config, ConfigError, load_config
 
@@ -39,13 +39,17 @@ class ConfigReloader:
     """Calls `apply(config)` with each good new version of the file at `path`."""
 
     def __init__(
-        self, path: str, apply: Callable[[Config], None], *, interval: float = 2.0
+        self, path: str, apply: Callable[[Config], Awaitable[None]], *, interval: float = 2.0
     ) -> None:
         self.path = path
         self.apply = apply
         self.interval = interval
         self._seen = _signature(path)
         self._task: asyncio.Task[None] | None = None
+        #: reloads asked for by SIGHUP (a signal handler cannot await)
+        self._signalled: set[asyncio.Task[bool]] = set()
+        #: one reload at a time (SIGHUP and the poll may ask at once)
+        self._reloading = asyncio.Lock()
         self._signal = False
         #: reloads applied / refused (for tests and the log)
         self.applied = 0
@@ -54,7 +58,7 @@ class ConfigReloader:
     def start(self) -> None:
         loop = asyncio.get_running_loop()
         try:
-            loop.add_signal_handler(signal.SIGHUP, self.reload_now)
+            loop.add_signal_handler(signal.SIGHUP, self._on_sighup)
             self._signal = True
         except (NotImplementedError, RuntimeError, ValueError, AttributeError):
             # not the main thread, or no SIGHUP on this platform: the file is still polled
@@ -73,12 +77,21 @@ class ConfigReloader:
                 await self._task
             self._task = None
 
-    def reload_now(self) -> bool:
+    def _on_sighup(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload_now())
+        self._signalled.add(task)
+        task.add_done_callback(self._signalled.discard)
+
+    async def reload_now(self) -> bool:
         """Read, check and apply the file now; True when it was applied."""
+        async with self._reloading:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         self._seen = _signature(self.path)
         try:
             config = load_config(self.path)
-            self.apply(config)
+            await self.apply(config)
         except ConfigError as exc:
             self.refused += 1
             log.error("config: %s was refused; the running config stays.\n%s", self.path, exc)
@@ -103,4 +116,4 @@ class ConfigReloader:
             await asyncio.sleep(self.interval)
             current = _signature(self.path)
             if current is not None and current != self._seen:
-                self.reload_now()
+                await self.reload_now()

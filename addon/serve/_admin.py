@@ -142,23 +142,23 @@ _NOT_USAGE = ("/healthz", "/readyz", "/metrics", "/ping", "other")
 
 def usage_recorder(
     pool: AccountPool, usage: UsageLog, clock: Callable[[], float] = time.time
-) -> Callable[[web.Request, web.StreamResponse, RequestRecord, ChatStats], None]:
+) -> Callable[[web.Request, web.StreamResponse, RequestRecord, ChatStats], Awaitable[None]]:
     """The relay observer that feeds the usage log: API requests (answered, or failed with
     their error), by account and by the gateway key's label."""
 
-    def key_label(request: web.Request) -> str | None:
+    async def key_label(request: web.Request) -> str | None:
         value = request.headers.get("x-api-key", "") or request.headers.get("authorization", "")
         scheme, _, rest = value.strip().partition(" ")
         value = rest if scheme.lower() == "bearer" else value
         for part in value.split(","):
             part = part.strip()
             if part.startswith("sk-"):
-                grant = pool.store.verify_gateway_key(part)
+                grant = await pool.store.verify_gateway_key(part)
                 if grant is not None:
                     return grant.label
         return None
 
-    def observe(
+    async def observe(
         request: web.Request,
         response: web.StreamResponse,
         record: RequestRecord,
@@ -175,7 +175,7 @@ def usage_recorder(
                 status=record.status,
                 model=record.model,
                 account_id=stats.account_id,
-                key_label=key_label(request),
+                key_label=await key_label(request),
                 tokens=stats.tokens,
                 error=error_of(response, record.status, stats.error),
             )
@@ -189,7 +189,7 @@ def add_admin_routes(
     *,
     pool: AccountPool,
     usage: UsageLog,
-    reapply: Callable[[], object],
+    reapply: Callable[[], Awaitable[object]],
     clock: Callable[[], float] = time.time,
     login_limit: RateLimiter | None = None,
     delete_due: Callable[[], Awaitable[object]] | None = None,
@@ -214,8 +214,9 @@ def add_admin_routes(
             if pool.admin_hash is None:
                 return _error(404, "the admin API is off: set admin_key in the config", "no_admin")
             if not logged_in(request):
-                return _error(401, "an admin key or an admin session is required",
-                              "invalid_api_key")
+                return _error(
+                    401, "an admin key or an admin session is required", "invalid_api_key"
+                )
             try:
                 result: web.StreamResponse = await handler(request)
             except _Refusal as refusal:
@@ -227,8 +228,9 @@ def add_admin_routes(
 
     async def body_of(request: web.Request) -> dict[str, Any]:
         if request.content_type != "application/json":
-            raise _Refusal(415, "send a JSON body (content-type: application/json)",
-                           "unsupported_media_type")
+            raise _Refusal(
+                415, "send a JSON body (content-type: application/json)", "unsupported_media_type"
+            )
         try:
             body = json.loads(await request.read() or b"{}")
         except ValueError:
@@ -248,9 +250,9 @@ def add_admin_routes(
             )
         return value.strip()
 
-    def account_or_404(request: web.Request) -> str:
+    async def account_or_404(request: web.Request) -> str:
         account_id = request.match_info["account_id"]
-        if store.get_account(account_id) is None:
+        if await store.get_account(account_id) is None:
             raise _Refusal(404, "no such account", "account_not_found")
         return account_id
 
@@ -314,11 +316,11 @@ def add_admin_routes(
         }
         accounts = [
             {**account, "usage": summary["accounts"].get(account["id"], blank)}
-            for account in pool.describe()
+            for account in await pool.describe()
         ]
         keys = [
             {**key, "usage": summary["keys"].get(key["label"], blank)}
-            for key in store.list_gateway_keys()
+            for key in await store.list_gateway_keys()
         ]
         return json_response(
             {
@@ -336,66 +338,83 @@ def add_admin_routes(
         label = text_field(body, "label")
         token = text_field(body, "refresh_token")
         if any(c.isspace() or c == "," for c in token):
-            raise _Refusal(400, "refresh_token contains whitespace or a comma", "invalid_value",
-                           "refresh_token")
+            raise _Refusal(
+                400,
+                "refresh_token contains whitespace or a comma",
+                "invalid_value",
+                "refresh_token",
+            )
         dialect = body.get("dialect") or None
         if dialect is not None and dialect not in DIALECTS:
-            raise _Refusal(400, f"dialect must be one of {', '.join(DIALECTS)}",
-                           "invalid_value", "dialect")
-        owner = store.configured_label_owner(label)
+            raise _Refusal(
+                400, f"dialect must be one of {', '.join(DIALECTS)}", "invalid_value", "dialect"
+            )
+        owner = await store.configured_label_owner(label)
         if owner is not None and not owner[1]:
-            raise _Refusal(409, f"the label {label!r} belongs to an account of the config file",
-                           "label_taken", "label")
-        account = store.upsert_config_account(label, token, dialect=dialect, now=clock())
-        store.mark_added_by_admin(account.id)
-        reapply()
-        view = store.get_account(account.id)
+            raise _Refusal(
+                409,
+                f"the label {label!r} belongs to an account of the config file",
+                "label_taken",
+                "label",
+            )
+        account = await store.upsert_config_account(label, token, dialect=dialect, now=clock())
+        await store.mark_added_by_admin(account.id)
+        await reapply()
+        view = await store.get_account(account.id)
         assert view is not None
         return json_response({"account": view.view.to_json()}, 201)
 
     async def check_account(request: web.Request) -> web.StreamResponse:
-        account_id = account_or_404(request)
-        account = store.get_account(account_id)
+        account_id = await account_or_404(request)
+        account = await store.get_account(account_id)
         assert account is not None
-        pool.invalidate_access(account)
+        await pool.invalidate_access(account)
         try:
             await pool.access_token(account)
         except AuthFailed:
             live = False
         except TransientFailure as exc:
-            raise _Refusal(503, f"cannot reach Kimi to check the account: {exc}",
-                           "upstream_unreachable") from None
+            raise _Refusal(
+                503, f"cannot reach Kimi to check the account: {exc}", "upstream_unreachable"
+            ) from None
         else:
             live = True
-            pool.mark_ok(account)
-        current = store.get_account(account_id)
+            await pool.mark_ok(account)
+        current = await store.get_account(account_id)
         assert current is not None
         return json_response({"live": live, "account": current.view.to_json()})
 
     def set_disabled(disabled: bool) -> Callable[[web.Request], Any]:
         async def handler(request: web.Request) -> web.StreamResponse:
-            account_id = account_or_404(request)
-            store.set_disabled(account_id, disabled, now=clock())
-            current = store.get_account(account_id)
+            account_id = await account_or_404(request)
+            await store.set_disabled(account_id, disabled, now=clock())
+            current = await store.get_account(account_id)
             assert current is not None
             return json_response({"account": current.view.to_json()})
 
         return handler
 
     async def remove_account(request: web.Request) -> web.StreamResponse:
-        account_id = account_or_404(request)
-        account = store.get_account(account_id)
+        account_id = await account_or_404(request)
+        account = await store.get_account(account_id)
         assert account is not None
         if account.view.source == "config" and not account.view.added_by_admin:
-            raise _Refusal(409, "this account comes from the config file: remove it there",
-                           "configured_account")
+            raise _Refusal(
+                409,
+                "this account comes from the config file: remove it there",
+                "configured_account",
+            )
         if pool.in_flight(account_id):
-            raise _Refusal(409, "the account is serving a reply right now; disable it first "
-                           "and remove it when it is idle", "account_busy")
-        if store.make_deletions_due(account_id, now=clock()) and delete_due is not None:
+            raise _Refusal(
+                409,
+                "the account is serving a reply right now; disable it first "
+                "and remove it when it is idle",
+                "account_busy",
+            )
+        if await store.make_deletions_due(account_id, now=clock()) and delete_due is not None:
             await delete_due()
-        store.delete_account(account_id)
-        reapply()
+        await store.delete_account(account_id)
+        await reapply()
         return json_response({"deleted": True, "id": account_id})
 
     async def create_key(request: web.Request) -> web.StreamResponse:
@@ -403,32 +422,42 @@ def add_admin_routes(
         label = text_field(body, "label")
         raw = body.get("accounts")
         if raw is None:
-            ids = store.server_account_ids()
+            ids = await store.server_account_ids()
             if not ids:
-                raise _Refusal(400, "there is no server-side account yet: add one first",
-                               "no_accounts", "accounts")
+                raise _Refusal(
+                    400,
+                    "there is no server-side account yet: add one first",
+                    "no_accounts",
+                    "accounts",
+                )
         else:
             if not isinstance(raw, list) or not raw or not all(isinstance(x, str) for x in raw):
-                raise _Refusal(400, "accounts must be a non-empty list of account ids",
-                               "invalid_value", "accounts")
-            known = store.get_accounts(raw)
+                raise _Refusal(
+                    400,
+                    "accounts must be a non-empty list of account ids",
+                    "invalid_value",
+                    "accounts",
+                )
+            known = await store.get_accounts(raw)
             missing = [x for x in raw if x not in known]
             if missing:
-                raise _Refusal(400, f"no such account: {missing[0]}", "account_not_found",
-                               "accounts")
+                raise _Refusal(
+                    400, f"no such account: {missing[0]}", "account_not_found", "accounts"
+                )
             ids = list(dict.fromkeys(raw))
         key = "sk-kfa-" + secrets.token_urlsafe(32)
-        key_id = store.create_gateway_key(key, label=label, account_ids=ids, now=clock())
+        key_id = await store.create_gateway_key(key, label=label, account_ids=ids, now=clock())
         # The only answer that ever holds the key: the page shows it once.
         return json_response({"id": key_id, "label": label, "accounts": ids, "key": key}, 201)
 
     async def revoke_key(request: web.Request) -> web.StreamResponse:
-        outcome = store.revoke_gateway_key(request.match_info["key_id"])
+        outcome = await store.revoke_gateway_key(request.match_info["key_id"])
         if outcome == "missing":
             raise _Refusal(404, "no such key", "key_not_found")
         if outcome == "config":
-            raise _Refusal(409, "this key comes from the config file: remove it there",
-                           "configured_key")
+            raise _Refusal(
+                409, "this key comes from the config file: remove it there", "configured_key"
+            )
         return json_response({"revoked": True, "id": request.match_info["key_id"]})
 
     app.router.add_get("/admin", page)
@@ -443,4 +472,3 @@ def add_admin_routes(
     app.router.add_delete("/admin/api/accounts/{account_id}", api(remove_account))
     app.router.add_post("/admin/api/keys", api(create_key))
     app.router.add_delete("/admin/api/keys/{key_id}", api(revoke_key))
-

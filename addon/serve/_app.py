@@ -58,7 +58,9 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 _SERVED_BY_CHAT = ("/completions", "/messages", "/responses")
 
 #: told about every finished request (the admin page's usage log)
-RequestObserver = Callable[[web.Request, web.StreamResponse, RequestRecord, ChatStats], None]
+RequestObserver = Callable[
+    [web.Request, web.StreamResponse, RequestRecord, ChatStats], Awaitable[None]
+]
 
 STATS = web.RequestKey("kimi_free_api_stats", ChatStats)
 
@@ -181,7 +183,7 @@ def build_app(
             metrics.observe(record)
         for observe in on_request:
             try:
-                observe(request, response, record, stats)
+                await observe(request, response, record, stats)
             except Exception:  # a broken observer must not break the reply
                 log.exception("request observer failed")
         return response
@@ -275,7 +277,7 @@ def build_app(
                 LocalProtocolError('expected {"token": "<refresh token>"}', param="token")
             )
         try:
-            accounts = pool.resolve(token)
+            accounts = await pool.resolve(token)
             for account in accounts:
                 await pool.access_token(account)
         except AccessDenied as exc:
@@ -301,7 +303,7 @@ def build_app(
                 type_="authentication_error",
                 code="invalid_api_key",
             )
-        return json_response({"object": "list", "data": pool.describe()})
+        return json_response({"object": "list", "data": await pool.describe()})
 
     async def not_found(request: web.Request) -> web.StreamResponse:
         return _openai_error(

@@ -186,7 +186,7 @@ def add_messages_routes(
     async def count_tokens(request: web.Request) -> web.StreamResponse:
         try:
             call = translate_messages(await _read_json(request, max_request_bytes), count_only=True)
-            pool.resolve(anthropic_credentials(request))
+            await pool.resolve(anthropic_credentials(request))
             tokens = estimate_tokens(plan_chat(call.chat).prompt)
         except (LocalProtocolError, AccessDenied) as err:
             return anthropic_error_response(err)

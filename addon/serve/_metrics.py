@@ -106,6 +106,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self.registry = registry = CollectorRegistry(auto_describe=True)
+        self._pools: list[_PoolCollector] = []
         self.requests = Counter(
             "kimi_free_api_requests",
             "Requests served, by endpoint, model and HTTP status (a streamed reply that failed "
@@ -160,9 +161,13 @@ class Metrics:
 
     def watch(self, pool: AccountPool) -> None:
         """Add the gauges read from `pool` (and its store) at scrape time."""
-        self.registry.register(_PoolCollector(pool))
+        self._pools.append(collector := _PoolCollector(pool))
+        self.registry.register(collector)
 
-    def exposition(self) -> bytes:
+    async def exposition(self) -> bytes:
+        # The store is read (awaited) first: prometheus-client's collectors are synchronous.
+        for collector in self._pools:
+            await collector.read()
         return generate_latest(self.registry)
 
 
@@ -171,12 +176,19 @@ class _PoolCollector:
 
     def __init__(self, pool: AccountPool) -> None:
         self.pool = pool
+        self._counts: dict[str, int] = {}
+        self._pending = 0
+
+    async def read(self) -> None:
+        """Read the store's numbers for the next `collect`."""
+        self._counts = await self.pool.health_counts()
+        self._pending = await self.pool.store.pending_deletion_count()
 
     def describe(self) -> list[Metric]:
         return []  # read from the store at scrape time: nothing to describe up front
 
     def collect(self) -> Iterator[Metric]:
-        counts = self.pool.health_counts()
+        counts = self._counts
         accounts = GaugeMetricFamily(
             "kimi_free_api_accounts",
             "Accounts in the store by health (ok, cooling: resting after a rate limit, dead: "
@@ -194,7 +206,7 @@ class _PoolCollector:
         yield GaugeMetricFamily(
             "kimi_free_api_conversations_pending_deletion",
             "Kimi conversations the proxy created and will delete (after their TTL or a retry).",
-            value=self.pool.store.pending_deletion_count(),
+            value=self._pending,
         )
 
 
@@ -213,11 +225,11 @@ def add_health_routes(
     async def readyz(request: web.Request) -> web.StreamResponse:
         problems: list[str] = []
         try:
-            pool.store.check_writable()
+            await pool.store.check_writable()
         except Exception as exc:  # any store failure means "not ready", never a 500
             problems.append(f"the store is not writable: {type(exc).__name__}")
         else:
-            if accounts_configured() and pool.usable_count() == 0:
+            if accounts_configured() and await pool.usable_count() == 0:
                 problems.append(
                     "no configured account is usable (all dead, cooling down or disabled)"
                 )
@@ -227,7 +239,7 @@ def add_health_routes(
 
     async def metrics_page(request: web.Request) -> web.StreamResponse:
         return web.Response(
-            body=metrics.exposition(), headers={"content-type": CONTENT_TYPE_LATEST}
+            body=await metrics.exposition(), headers={"content-type": CONTENT_TYPE_LATEST}
         )
 
     app.router.add_get("/healthz", healthz)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import logging
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -74,7 +74,7 @@ class _ResponsesReply:
         *,
         new_encoder: Callable[[], ResponsesEncoder],
         wall_clock: Callable[[], float],
-        on_done: Callable[[dict[str, Any], _Conversation], None],
+        on_done: Callable[[dict[str, Any], _Conversation], Awaitable[None]],
     ) -> None:
         self.plan = plan
         self._new_encoder = new_encoder
@@ -89,11 +89,11 @@ class _ResponsesReply:
         """Called by the chat service before `finish`: where this answer lives in Kimi."""
         self._conversation = _Conversation(account_id, dialect, conversation_id, parent_id)
 
-    def _final(self, chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    async def _final(self, chunks: list[dict[str, Any]]) -> list[dict[str, Any]]:
         events = self.encoder.feed(chunks)
         events += self.encoder.close(completed_at=int(self._wall_clock()))
         if self._conversation is not None:
-            self._on_done(events[-1]["response"], self._conversation)
+            await self._on_done(events[-1]["response"], self._conversation)
         return events
 
     def _error(self, err: TranslatorError) -> TranslatorError:
@@ -131,7 +131,7 @@ class ResponsesSseReply(_ResponsesReply):
             await self._response.write(encode_sse_comment("keep-alive"))
 
     async def finish(self, chunks: list[dict[str, Any]]) -> web.StreamResponse:
-        response = await self._write(self._final(chunks))
+        response = await self._write(await self._final(chunks))
         await response.write_eof()
         return response
 
@@ -167,7 +167,7 @@ class ResponsesJsonReply(_ResponsesReply):
         return None
 
     async def finish(self, chunks: list[dict[str, Any]]) -> web.StreamResponse:
-        self._events += self._final(chunks)
+        self._events += await self._final(chunks)
         return json_response(fold_response(self._events))
 
     async def fail(self, err: TranslatorError) -> web.StreamResponse:
@@ -201,9 +201,9 @@ class ResponsesService:
             plan = plan_responses(body)  # every 400 first, before an id is looked up
             stats.model = plan.chat_request["model"]
             previous_id = body.get("previous_response_id")
-            previous = self._owned(previous_id, credentials, param="previous_response_id")
+            previous = await self._owned(previous_id, credentials, param="previous_response_id")
             if previous is not None:
-                plan = self._continuing(body, previous)
+                plan = await self._continuing(body, previous)
         except (LocalProtocolError, AccessDenied) as err:
             stats.status = err.status
             return error_response(err)
@@ -213,11 +213,11 @@ class ResponsesService:
         def new_encoder() -> ResponsesEncoder:
             return ResponsesEncoder(response_id=response_id, created_at=created_at, echo=plan.echo)
 
-        def on_done(response: dict[str, Any], where: _Conversation) -> None:
+        async def on_done(response: dict[str, Any], where: _Conversation) -> None:
             if not plan.store:
                 return
             try:
-                self._save(plan, response, where, previous_id)
+                await self._save(plan, response, where, previous_id)
             except Exception as exc:
                 # The answer itself is good: it still goes out, only a later
                 # previous_response_id / GET will not find it.
@@ -235,7 +235,7 @@ class ResponsesService:
         )
         return await self.chat.complete(plan.chat_request, credentials, reply, stats)
 
-    def _save(
+    async def _save(
         self,
         plan: ResponsesPlan,
         response: dict[str, Any],
@@ -243,7 +243,7 @@ class ResponsesService:
         previous_id: str | None,
     ) -> None:
         now = self.wall_clock()
-        self.store.save_response(
+        await self.store.save_response(
             StoredResponse(
                 id=response["id"],
                 account_id=where.account_id,
@@ -257,7 +257,7 @@ class ResponsesService:
         )
         # The continuation needs the conversation's account and last message id; automatic
         # multi-turn may be off, so record them under this response's own key.
-        self.store.save_exchange(
+        await self.store.save_exchange(
             "response:" + response["id"],
             account_id=where.account_id,
             conversation_id=where.conversation_id,
@@ -265,27 +265,27 @@ class ResponsesService:
             dialect=where.dialect,
             now=now,
         )
-        self.store.prune_responses(older_than=now - _PRUNE_GRACE)
+        await self.store.prune_responses(older_than=now - _PRUNE_GRACE)
 
-    def _continuing(self, body: Any, previous: StoredResponse) -> ResponsesPlan:
+    async def _continuing(self, body: Any, previous: StoredResponse) -> ResponsesPlan:
         """The plan of a request that continues `previous`."""
-        if self.store.latest_response_id(previous.conversation_id) == previous.id:
+        if await self.store.latest_response_id(previous.conversation_id) == previous.id:
             return plan_responses(
                 body, conversation_id=previous.conversation_id, continues=previous.id
             )
         # Kimi's copy of the conversation went on past this response (the client
         # branches): posting there would answer with turns the client left behind. The
         # branch starts a new Kimi chat with the history up to `previous` instead.
-        return plan_responses(body, continues=previous.id, history=self._history(previous))
+        return plan_responses(body, continues=previous.id, history=await self._history(previous))
 
-    def _history(self, previous: StoredResponse) -> list[Any]:
+    async def _history(self, previous: StoredResponse) -> list[Any]:
         """The items of the conversation up to and including `previous`: each stored
         response's input and output, from the one that began its Kimi conversation (whose
         input holds any history before it) to `previous`. Output items go back as input items
         unchanged; `plan_responses` reads messages and calls from them and skips the rest."""
         chain = [previous]
         while (parent_id := chain[-1].previous_response_id) is not None:
-            parent = self.store.get_response(parent_id)
+            parent = await self.store.get_response(parent_id)
             if parent is None or parent.conversation_id != chain[-1].conversation_id:
                 break
             chain.append(parent)
@@ -295,7 +295,7 @@ class ResponsesService:
             items += stored.response["output"]
         return items
 
-    def _owned(
+    async def _owned(
         self, response_id: Any, credentials: str, *, param: str | None
     ) -> StoredResponse | None:
         """The stored response `response_id`, if the caller's accounts own it and its
@@ -308,15 +308,15 @@ class ResponsesService:
         """
         if response_id is None or response_id == "":
             return None
-        accounts = self.pool.resolve(credentials)
-        stored = self.store.get_response(response_id)
+        accounts = await self.pool.resolve(credentials)
+        stored = await self.store.get_response(response_id)
         if stored is None or stored.account_id not in {a.id for a in accounts}:
             raise _not_found(response_id, param=param)
         return stored
 
     async def retrieve(self, response_id: str, credentials: str) -> web.StreamResponse:
         try:
-            stored = self._owned(response_id, credentials, param=None)
+            stored = await self._owned(response_id, credentials, param=None)
         except (LocalProtocolError, AccessDenied) as err:
             return error_response(err)
         assert stored is not None
@@ -324,16 +324,16 @@ class ResponsesService:
 
     async def delete(self, response_id: str, credentials: str) -> web.StreamResponse:
         try:
-            stored = self._owned(response_id, credentials, param=None)
+            stored = await self._owned(response_id, credentials, param=None)
         except (LocalProtocolError, AccessDenied) as err:
             return error_response(err)
         assert stored is not None
-        account = self.store.get_account(stored.account_id)
-        self.store.delete_responses(stored.conversation_id)
+        account = await self.store.get_account(stored.account_id)
+        await self.store.delete_responses(stored.conversation_id)
         if account is not None:
             dialect = CONNECT if stored.dialect == CONNECT.name else LEGACY
             # Deleted now (not after the TTL): the conversation holds what the client deletes.
-            self.chat.keeper.release(
+            await self.chat.keeper.release(
                 account, dialect, stored.conversation_id, keep=False, created_here=False
             )
         return json_response({"id": response_id, "object": "response", "deleted": True})

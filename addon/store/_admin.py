@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from addon.accounts._secrets import hash_key
 
-from ._queues import SqliteBase
+from ._base import StoreBase
 
 __all__ = ["KEY_ID_LENGTH", "AdminMethods"]
 
@@ -21,70 +21,70 @@ __all__ = ["KEY_ID_LENGTH", "AdminMethods"]
 KEY_ID_LENGTH = 12
 
 
-class AdminMethods(SqliteBase):
+class AdminMethods(StoreBase):
     """Admin-page changes to accounts and gateway keys."""
 
-    def configured_label_owner(self, label: str) -> tuple[str, bool] | None:
+    async def configured_label_owner(self, label: str) -> tuple[str, bool] | None:
         """(id, added_by_admin) of the server-side account named `label`, if there is one."""
-        rows = self._read(
+        rows = await self._read(
             "SELECT id, added_by_admin FROM accounts WHERE source = 'config' AND label = ?",
             (label,),
         )
         return (rows[0]["id"], bool(rows[0]["added_by_admin"])) if rows else None
 
-    def mark_added_by_admin(self, account_id: str) -> None:
-        with self._write() as db:
-            db.execute("UPDATE accounts SET added_by_admin = 1 WHERE id = ?", (account_id,))
+    async def mark_added_by_admin(self, account_id: str) -> None:
+        async with self._write() as db:
+            await db.execute("UPDATE accounts SET added_by_admin = 1 WHERE id = ?", (account_id,))
 
-    def admin_account_ids(self) -> list[str]:
+    async def admin_account_ids(self) -> list[str]:
         """Accounts added on the admin page, oldest first."""
-        rows = self._read(
+        rows = await self._read(
             "SELECT id FROM accounts WHERE added_by_admin = 1 ORDER BY created_at, id"
         )
         return [row["id"] for row in rows]
 
-    def server_account_ids(self) -> list[str]:
+    async def server_account_ids(self) -> list[str]:
         """Server-side accounts (configured or added by the admin), oldest first."""
-        rows = self._read(
+        rows = await self._read(
             "SELECT id FROM accounts WHERE source = 'config' ORDER BY created_at, id"
         )
         return [row["id"] for row in rows]
 
-    def set_disabled(self, account_id: str, disabled: bool, *, now: float) -> bool:
+    async def set_disabled(self, account_id: str, disabled: bool, *, now: float) -> bool:
         """Turn an account off (no request uses it) or on again; False when it is unknown."""
-        with self._write() as db:
-            cursor = db.execute(
+        async with self._write() as db:
+            cursor = await db.execute(
                 "UPDATE accounts SET disabled = ?, updated_at = ? WHERE id = ?",
                 (1 if disabled else 0, now, account_id),
             )
             return cursor.rowcount > 0
 
-    def make_deletions_due(self, account_id: str, *, now: float) -> int:
+    async def make_deletions_due(self, account_id: str, *, now: float) -> int:
         """Make every conversation of the account waiting for deletion due now (before the
         account is removed: its rows would go with it, and the conversations stay on Kimi)."""
-        with self._write() as db:
-            cursor = db.execute(
+        async with self._write() as db:
+            cursor = await db.execute(
                 "UPDATE pending_deletions SET due_at = ? WHERE account_id = ? AND due_at > ?",
                 (now, account_id, now),
             )
             return int(cursor.rowcount)
 
-    def create_gateway_key(
+    async def create_gateway_key(
         self, key: str, *, label: str, account_ids: Sequence[str], now: float
     ) -> str:
         """Store an admin-created key (its hash only); returns its public id."""
         digest = hash_key(key)
-        with self._write() as db:
-            db.execute(
+        async with self._write() as db:
+            await db.execute(
                 "INSERT INTO gateway_keys (key_hash, label, account_ids, source, created_at)"
                 " VALUES (?, ?, ?, 'admin', ?)",
                 (digest, label, json.dumps(list(account_ids)), now),
             )
         return digest[:KEY_ID_LENGTH]
 
-    def list_gateway_keys(self) -> list[dict[str, Any]]:
+    async def list_gateway_keys(self) -> list[dict[str, Any]]:
         """Every key as its id, label, source, account ids and creation time (no hash)."""
-        rows = self._read(
+        rows = await self._read(
             "SELECT key_hash, label, account_ids, source, created_at FROM gateway_keys"
             " ORDER BY source, created_at, label"
         )
@@ -99,21 +99,23 @@ class AdminMethods(SqliteBase):
             for row in rows
         ]
 
-    def revoke_gateway_key(self, key_id: str) -> Literal["revoked", "config", "missing"]:
+    async def revoke_gateway_key(self, key_id: str) -> Literal["revoked", "config", "missing"]:
         """Delete the admin-created key with this id. A configured key is not deleted (the
         next reload would bring it back): "config" says to remove it from the file."""
         if len(key_id) != KEY_ID_LENGTH:
             return "missing"
-        with self._write() as db:
-            rows = db.execute(
-                "SELECT key_hash, source FROM gateway_keys WHERE substr(key_hash, 1, ?) = ?",
-                (KEY_ID_LENGTH, key_id),
+        async with self._write() as db:
+            rows = (
+                await db.execute(
+                    "SELECT key_hash, source FROM gateway_keys WHERE substr(key_hash, 1, ?) = ?",
+                    (KEY_ID_LENGTH, key_id),
+                )
             ).fetchall()
             if not rows:
                 return "missing"
             if any(row["source"] != "admin" for row in rows):
                 return "config"
-            db.execute(
+            await db.execute(
                 "DELETE FROM gateway_keys WHERE substr(key_hash, 1, ?) = ? AND source = 'admin'",
                 (KEY_ID_LENGTH, key_id),
             )

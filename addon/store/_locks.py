@@ -6,7 +6,7 @@ refresh the same account at once both send the same token; Kimi answers one and 
 other, and the refused one may never learn the new token. So a refresh happens only under this
 lock, and the holder re-reads the store first (another holder may have refreshed meanwhile).
 
-The lock is a row `(account_id, owner, expires_at)` written in a `BEGIN IMMEDIATE` transaction:
+The lock is a row `(account_id, owner, expires_at)` written in a write transaction:
 free when there is no row, when the row is expired (its holder crashed), or when it is the
 caller's own. The holder renews it while its refresh runs, so a slow refresh keeps it and a
 crashed holder's lock frees itself within `ttl` seconds. Any other store (the PostgreSQL one)
@@ -20,35 +20,39 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable
 
-from ._queues import SqliteBase
+from ._base import StoreBase
 
 __all__ = ["LockMethods"]
 
 
-class LockMethods(SqliteBase):
+class LockMethods(StoreBase):
     """Refresh locks, per account, shared by every process on the store."""
 
-    def try_refresh_lock(self, account_id: str, *, owner: str, ttl: float, now: float) -> bool:
+    async def try_refresh_lock(
+        self, account_id: str, *, owner: str, ttl: float, now: float
+    ) -> bool:
         """Take (or renew, for `owner`) the account's refresh lock until `now + ttl`.
         False when another owner holds an unexpired lock."""
-        with self._write() as db:
-            row = db.execute(
-                "SELECT owner, expires_at FROM refresh_locks WHERE account_id = ?",
-                (account_id,),
+        async with self._write() as db:
+            row = (
+                await db.execute(
+                    "SELECT owner, expires_at FROM refresh_locks WHERE account_id = ?",
+                    (account_id,),
+                )
             ).fetchone()
             if row is not None and row["owner"] != owner and row["expires_at"] > now:
                 return False
-            db.execute(
+            await db.execute(
                 "INSERT OR REPLACE INTO refresh_locks (account_id, owner, expires_at)"
                 " VALUES (?, ?, ?)",
                 (account_id, owner, now + ttl),
             )
             return True
 
-    def release_refresh_lock(self, account_id: str, *, owner: str) -> None:
+    async def release_refresh_lock(self, account_id: str, *, owner: str) -> None:
         """Give the lock back (only `owner`'s own: an expired lock may have a new holder)."""
-        with self._write() as db:
-            db.execute(
+        async with self._write() as db:
+            await db.execute(
                 "DELETE FROM refresh_locks WHERE account_id = ? AND owner = ?", (account_id, owner)
             )
 
@@ -66,17 +70,18 @@ class LockMethods(SqliteBase):
         wait (polling every `poll` seconds) until the account's refresh lock is ours, keep it
         renewed while the body runs, and release it on the way out. `clock` is wall time:
         every process sharing the store compares expiries with it."""
-        while not self.try_refresh_lock(account_id, owner=owner, ttl=ttl, now=clock()):
+        while not await self.try_refresh_lock(account_id, owner=owner, ttl=ttl, now=clock()):
             await asyncio.sleep(poll)
 
         async def renew() -> None:
             while True:
                 await asyncio.sleep(ttl / 3)
-                self.try_refresh_lock(account_id, owner=owner, ttl=ttl, now=clock())
+                await self.try_refresh_lock(account_id, owner=owner, ttl=ttl, now=clock())
 
         renewer = asyncio.get_running_loop().create_task(renew())
         try:
             yield
         finally:
             renewer.cancel()
-            self.release_refresh_lock(account_id, owner=owner)
+            await asyncio.wait([renewer])  # a renewal in flight ends before the release
+            await self.release_refresh_lock(account_id, owner=owner)

@@ -3,7 +3,7 @@ same table that holds the salt): e.g. which DeleteChat route works at a base URL
 
 from __future__ import annotations
 
-from ._queues import SqliteBase
+from ._base import StoreBase
 
 __all__ = ["MetaMethods"]
 
@@ -11,15 +11,15 @@ __all__ = ["MetaMethods"]
 _PREFIX = "note:"
 
 
-class MetaMethods(SqliteBase):
-    def note(self, key: str) -> str | None:
+class MetaMethods(StoreBase):
+    async def note(self, key: str) -> str | None:
         """The value remembered under `key`, or None."""
-        rows = self._read("SELECT value FROM meta WHERE key = ?", (_PREFIX + key,))
+        rows = await self._read("SELECT value FROM meta WHERE key = ?", (_PREFIX + key,))
         return str(rows[0]["value"]) if rows else None
 
-    def set_note(self, key: str, value: str) -> None:
+    async def set_note(self, key: str, value: str) -> None:
         """Remember `value` under `key` (replacing what was there)."""
-        with self._write() as db:
-            db.execute(
+        async with self._write() as db:
+            await db.execute(
                 "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (_PREFIX + key, value)
             )

@@ -1,22 +1,27 @@
 """The account store in PostgreSQL (`--store postgresql://user:pass@host/db`), for several hosts.
 
-It IS the SQLite store (`Store`): the same methods and the same SQL, run through a connection
-adapter that speaks PostgreSQL, so the two cannot drift apart. The guarantees carry over because
-they rest on one property, which the adapter keeps: **write transactions are serialized**.
-SQLite gets it from `BEGIN IMMEDIATE` (one writer per file); here every write transaction first
-takes one transaction-scoped advisory lock (`pg_advisory_xact_lock`), held until its COMMIT or
-ROLLBACK, by every process on every host. So, as with SQLite:
+It IS the SQLite store (`Store`): the same async methods and the same SQL, run through an
+adapter that speaks PostgreSQL with psycopg 3's async API (`psycopg.AsyncConnection`), so the two
+cannot drift apart and no call blocks the event loop while the server answers. The guarantees
+carry over because they rest on one property, which the adapter keeps: **write transactions are
+serialized**. SQLite gets it from `BEGIN IMMEDIATE` (one writer per file); here every write
+transaction first takes one transaction-scoped advisory lock (`pg_advisory_xact_lock`), held
+until its COMMIT or ROLLBACK, by every process on every host. So, as with SQLite:
 
 - a token rotation is committed (PostgreSQL commits are durable) before the new access token is
-  returned and used;
-- the refresh lock (`_store_locks.py`: read the row, then take it, in one write transaction) lets
+  returned and used; a rotation (and every COMMIT) is shielded from cancellation, so a
+  cancelled caller cannot lose it or leave it half-known;
+- the refresh lock (`_locks.py`: read the row, then take it, in one write transaction) lets
   exactly one process refresh an account at a time across hosts;
 - a cleanup pass claims each due conversation in one write transaction (`claim_due_deletions`),
   so no two processes delete the same conversation.
 
-Calls stay synchronous, as the store's interface is (the relay calls it from the event loop, and
-each call is a primary-key statement of well under a millisecond on a nearby server). psycopg 3
-(`pip install 'kimi-free-api[postgresql]'`) is imported only when such a store is opened.
+A process keeps a few connections (`pool_size`): its own write transactions take turns (an
+asyncio lock; the server would serialize them anyway), so one write waiting for another host's
+advisory lock holds one connection while reads go on over the others. A connection that broke
+is dropped and a new one opened on next use. psycopg 3 (`pip install
+'kimi-free-api[postgresql]'`) is imported only when such a store is opened
+(`await PgStore.connect(url)`, or `await open_store(location)` for either kind).
 
 The SQL translation is small and mechanical: `?` → `%s`, `INSERT OR IGNORE` → `ON CONFLICT DO
 NOTHING`, `INSERT OR REPLACE` → `ON CONFLICT (primary key) DO UPDATE` (columns it does not list go
@@ -26,18 +31,23 @@ back to their defaults, as SQLite's delete-and-insert does), `IS NOT ?` → `IS 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
+import os
 import re
-import threading
-from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, cast
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit, urlunsplit
 
 from addon.accounts._secrets import new_salt
 
+from ._base import Cursor, Db
 from ._records import MIGRATIONS, SCHEMA_VERSION
-from ._store import Store, StoreError
+from ._store import Account, Store, StoreError
+
+if TYPE_CHECKING:
+    from psycopg import AsyncConnection
 
 __all__ = ["PgStore", "is_postgres_url", "open_store", "safe_url"]
 
@@ -77,12 +87,10 @@ def safe_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=user + host))
 
 
-def open_store(location: str) -> Store:
+async def open_store(location: str) -> Store:
     """A store for `--store`: a PostgreSQL URL, else a SQLite file path (`~` expanded)."""
     if is_postgres_url(location):
-        return PgStore(location)
-    import os
-
+        return await PgStore.connect(location)
     return Store(os.path.expanduser(location))
 
 
@@ -102,53 +110,46 @@ class _Row(dict[str, Any]):
 
 
 class _Cursor:
-    def __init__(self, cursor: Any) -> None:
-        self._cursor = cursor
-        self.rowcount: int = cursor.rowcount
+    """A finished statement's rows (all fetched) and row count, like a `sqlite3.Cursor`."""
 
-    def _rows(self, raw: Sequence[Sequence[Any]]) -> list[_Row]:
-        names = [d.name for d in self._cursor.description or ()]
-        return [_Row(names, values) for values in raw]
+    __slots__ = ("_rows", "rowcount")
+
+    def __init__(self, rows: list[_Row], rowcount: int) -> None:
+        self._rows = rows
+        self.rowcount = rowcount
 
     def fetchone(self) -> _Row | None:
-        if self._cursor.description is None:
-            return None
-        row = self._cursor.fetchone()
-        return None if row is None else self._rows([row])[0]
+        return self._rows[0] if self._rows else None
 
     def fetchall(self) -> list[_Row]:
-        if self._cursor.description is None:
-            return []
-        return self._rows(self._cursor.fetchall())
+        return self._rows
 
 
-class _Connection:
-    """The slice of `sqlite3.Connection` the store uses, on a psycopg connection."""
+class _PgDb:
+    """The `Db` interface (what a store transaction's body awaits) on one psycopg connection."""
 
-    def __init__(self, conn: Any) -> None:
+    __slots__ = ("_columns", "_conn")
+
+    def __init__(
+        self, conn: AsyncConnection[Any], columns: tuple[tuple[str, tuple[str, ...]], ...]
+    ) -> None:
         self._conn = conn
-        #: every table's columns (for `INSERT OR REPLACE`), read after the migrations
-        self._columns: tuple[tuple[str, tuple[str, ...]], ...] = ()
+        self._columns = columns
 
-    def set_columns(self, columns: Mapping[str, Sequence[str]]) -> None:
-        self._columns = tuple(sorted((t, tuple(c)) for t, c in columns.items()))
+    async def execute(self, sql: str, params: Sequence[Any] = ()) -> Cursor:
+        async with self._conn.cursor() as cursor:
+            await cursor.execute(_translate(sql, self._columns), tuple(params))
+            if cursor.description is None:
+                return _Cursor([], cursor.rowcount)
+            names = [d.name for d in cursor.description]
+            rows = [_Row(names, values) for values in await cursor.fetchall()]
+            return _Cursor(rows, cursor.rowcount)
 
-    def execute(self, sql: str, params: Sequence[Any] = ()) -> _Cursor:
-        cursor = self._conn.cursor()
-        cursor.execute(self.translate(sql), tuple(params))
-        return _Cursor(cursor)
-
-    def executemany(self, sql: str, rows: Sequence[Sequence[Any]]) -> None:
-        rows = list(rows)
-        if rows:
-            with self._conn.cursor() as cursor:
-                cursor.executemany(self.translate(sql), [tuple(r) for r in rows])
-
-    def close(self) -> None:
-        self._conn.close()
-
-    def translate(self, sql: str) -> str:
-        return _translate(sql, self._columns)
+    async def executemany(self, sql: str, rows: Iterable[Sequence[Any]]) -> None:
+        params = [tuple(r) for r in rows]
+        if params:
+            async with self._conn.cursor() as cursor:
+                await cursor.executemany(_translate(sql, self._columns), params)
 
 
 @functools.lru_cache(maxsize=512)
@@ -177,16 +178,31 @@ def _translate(sql: str, columns: tuple[tuple[str, tuple[str, ...]], ...]) -> st
 
 
 class PgStore(Store):
-    """The account store in a PostgreSQL database (see the module doc).
+    """The account store in a PostgreSQL database (see the module doc). Open it with
+    `await PgStore.connect(url)`; its methods run on the event loop it was opened in.
 
     Raises:
         StoreError: psycopg is missing, the server cannot be reached, or the database holds a
             newer schema.
     """
 
-    def __init__(self, url: str, *, connect_timeout: float = 10.0) -> None:
+    def __init__(self, url: str, *, connect_timeout: float = 10.0, pool_size: int = 4) -> None:
+        """No I/O: `connect` opens the first connection and migrates the schema."""
         self.path = safe_url(url)
-        self._lock = threading.Lock()
+        self._url = url
+        self._connect_timeout = connect_timeout
+        self._slots = asyncio.Semaphore(pool_size)
+        self._idle: list[AsyncConnection[Any]] = []
+        self._writing = asyncio.Lock()
+        self._closed = False
+        #: every table's columns (for `INSERT OR REPLACE`), read after the migrations
+        self._columns: tuple[tuple[str, tuple[str, ...]], ...] = ()
+
+    @classmethod
+    async def connect(
+        cls, url: str, *, connect_timeout: float = 10.0, pool_size: int = 4
+    ) -> PgStore:
+        store = cls(url, connect_timeout=connect_timeout, pool_size=pool_size)
         try:
             import psycopg
         except ImportError as exc:
@@ -194,65 +210,111 @@ class PgStore(Store):
                 "a postgresql:// store needs psycopg: pip install 'kimi-free-api[postgresql]'"
             ) from exc
         try:
-            conn = psycopg.connect(url, autocommit=True, connect_timeout=int(connect_timeout))
+            store._idle.append(await store._open())
         except psycopg.Error as exc:
             raise StoreError(
-                f"cannot open the account store {self.path}: {type(exc).__name__}"
+                f"cannot open the account store {store.path}: {type(exc).__name__}"
             ) from None
-        self._db = _Connection(conn)  # type: ignore[assignment]
         try:
-            self._migrate()
-            self._pg.set_columns(self._table_columns())
+            await store._migrate()
+            store._columns = await store._table_columns()
+            rows = await store._read("SELECT value FROM meta WHERE key = 'salt'")
         except psycopg.Error as exc:
-            self._db.close()
-            raise StoreError(f"the account store {self.path} is not usable: {exc}") from None
-        except StoreError:
-            self._db.close()
+            await store.close()
+            raise StoreError(f"the account store {store.path} is not usable: {exc}") from None
+        except BaseException:
+            await store.close()
             raise
-        row = self._read("SELECT value FROM meta WHERE key = 'salt'")
-        self._salt = bytes.fromhex(row[0]["value"])
+        store._salt = bytes.fromhex(rows[0]["value"])
+        return store
 
-    @property
-    def _pg(self) -> _Connection:
-        db: Any = self._db  # declared as sqlite3.Connection by the SQLite store
-        return cast(_Connection, db)
+    async def _open(self) -> AsyncConnection[Any]:
+        import psycopg
 
-    def _table_columns(self) -> dict[str, list[str]]:
-        rows = self._read(
+        return await psycopg.AsyncConnection.connect(
+            self._url, autocommit=True, connect_timeout=int(self._connect_timeout)
+        )
+
+    @contextlib.asynccontextmanager
+    async def _connection(self) -> AsyncIterator[AsyncConnection[Any]]:
+        """An idle connection (opened when none is), given back when it is still sound."""
+        import psycopg
+
+        async with self._slots:
+            if self._closed:
+                raise StoreError(f"the account store {self.path} is closed")
+            conn = self._idle.pop() if self._idle else await self._open()
+            try:
+                yield conn
+            finally:
+                sound = (
+                    not conn.closed
+                    and conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+                )
+                if sound and not self._closed:
+                    self._idle.append(conn)
+                else:
+                    await conn.close()
+
+    async def _table_columns(self) -> tuple[tuple[str, tuple[str, ...]], ...]:
+        rows = await self._read(
             "SELECT table_name, column_name FROM information_schema.columns"
             " WHERE table_schema = current_schema() ORDER BY table_name, ordinal_position"
         )
         columns: dict[str, list[str]] = {}
         for row in rows:
             columns.setdefault(row["table_name"], []).append(row["column_name"])
-        return columns
+        return tuple(sorted((t, tuple(c)) for t, c in columns.items()))
 
-    @contextlib.contextmanager
-    def _write(self, *, durable: bool = False) -> Iterator[Any]:
+    @contextlib.asynccontextmanager
+    async def _write(self, *, durable: bool = False) -> AsyncIterator[Db]:
         """One write transaction, serialized with every other one on the database (the
         advisory lock). Every PostgreSQL commit is durable, so `durable` needs nothing more."""
-        with self._lock:
-            db = self._pg
+        async with self._writing, self._connection() as conn:
+            db = _PgDb(conn, self._columns)
+            # one round trip: BEGIN and the lock (no parameters: the simple query protocol)
+            await db.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
             try:
-                # one round trip: BEGIN and the lock (no parameters: the simple query protocol)
-                db.execute(f"BEGIN; SELECT pg_advisory_xact_lock({WRITE_LOCK})")
                 yield db
             except BaseException:
                 with contextlib.suppress(Exception):  # a lost connection cannot roll back
-                    db.execute("ROLLBACK")
+                    await asyncio.shield(db.execute("ROLLBACK"))
                 raise
-            db.execute("COMMIT")
+            # Shielded: a caller cancelled now must not leave the commit half done (the
+            # connection would go back to the pool in an unknown state, a rotation be lost).
+            await asyncio.shield(db.execute("COMMIT"))
 
-    def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
-        with self._lock:
-            return self._pg.execute(sql, params).fetchall()
+    async def record_rotation(
+        self,
+        account_id: str,
+        *,
+        refresh_token: str | None,
+        access_token: str,
+        access_expires_at: float,
+        now: float,
+    ) -> Account:
+        """`Store.record_rotation`, shielded: Kimi has already rotated the token, so a caller
+        cancelled meanwhile must not take the whole transaction down with it."""
+        return await asyncio.shield(
+            super().record_rotation(
+                account_id,
+                refresh_token=refresh_token,
+                access_token=access_token,
+                access_expires_at=access_expires_at,
+                now=now,
+            )
+        )
 
-    def _migrate(self) -> None:
-        with self._write() as db:
-            db.execute(
+    async def _read(self, sql: str, params: Sequence[Any] = ()) -> list[Any]:
+        async with self._connection() as conn:
+            return (await _PgDb(conn, self._columns).execute(sql, params)).fetchall()
+
+    async def _migrate(self) -> None:
+        async with self._write() as db:
+            await db.execute(
                 "CREATE TABLE IF NOT EXISTS kimi_schema_version (version INTEGER NOT NULL)"
             )
-            row = db.execute("SELECT version FROM kimi_schema_version").fetchone()
+            row = (await db.execute("SELECT version FROM kimi_schema_version")).fetchone()
             version = 0 if row is None else int(row["version"])
             if version > SCHEMA_VERSION:
                 raise StoreError(
@@ -262,17 +324,23 @@ class PgStore(Store):
             for script in MIGRATIONS[version:]:
                 for statement in script.split(";"):
                     if statement.strip():
-                        db.execute(re.sub(r"\bREAL\b", "DOUBLE PRECISION", statement))
+                        await db.execute(re.sub(r"\bREAL\b", "DOUBLE PRECISION", statement))
             if row is None:
-                db.execute(
+                await db.execute(
                     "INSERT INTO kimi_schema_version (version) VALUES (?)", (SCHEMA_VERSION,)
                 )
             elif version != SCHEMA_VERSION:
-                db.execute("UPDATE kimi_schema_version SET version = ?", (SCHEMA_VERSION,))
-            db.execute(
+                await db.execute("UPDATE kimi_schema_version SET version = ?", (SCHEMA_VERSION,))
+            await db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('salt', ?)", (new_salt().hex(),)
             )
 
-    @property
-    def schema_version(self) -> int:
-        return int(self._read("SELECT version FROM kimi_schema_version")[0][0])
+    async def schema_version(self) -> int:
+        return int((await self._read("SELECT version FROM kimi_schema_version"))[0][0])
+
+    async def close(self) -> None:
+        """Close every idle connection; one in use closes when it is given back (idempotent)."""
+        self._closed = True
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            await conn.close()

@@ -5,7 +5,7 @@ Response object and the request's input items. It lives exactly as long as that 
 a response is usable while its conversation is still ours and not yet deleted (queued in
 `pending_deletions`, see `_conversations.py`), so the conversation TTL is the response TTL, and
 `prune_responses` drops the rows whose conversation is gone. The table is migration 3 in
-`_store_records.py`.
+`_records.py`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from ._queues import SqliteBase
+from ._base import StoreBase
 
 __all__ = ["ResponseMethods", "StoredResponse"]
 
@@ -38,12 +38,12 @@ _COLUMNS = (
 )
 
 
-class ResponseMethods(SqliteBase):
+class ResponseMethods(StoreBase):
     """The `responses` table. Reads answer only rows whose conversation still lives."""
 
-    def save_response(self, stored: StoredResponse) -> None:
-        with self._write() as db:
-            db.execute(
+    async def save_response(self, stored: StoredResponse) -> None:
+        async with self._write() as db:
+            await db.execute(
                 f"INSERT OR REPLACE INTO responses ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     stored.id,
@@ -57,9 +57,9 @@ class ResponseMethods(SqliteBase):
                 ),
             )
 
-    def get_response(self, response_id: str) -> StoredResponse | None:
+    async def get_response(self, response_id: str) -> StoredResponse | None:
         """The stored response, or None when unknown or its conversation is gone."""
-        rows = self._read(
+        rows = await self._read(
             f"SELECT {_COLUMNS} FROM responses WHERE id = ? AND conversation_id IN"
             " (SELECT conversation_id FROM pending_deletions)",
             (response_id,),
@@ -71,29 +71,32 @@ class ResponseMethods(SqliteBase):
         row["input_items"] = json.loads(row["input_items"])
         return StoredResponse(**row)
 
-    def latest_response_id(self, conversation_id: str) -> str | None:
+    async def latest_response_id(self, conversation_id: str) -> str | None:
         """The newest stored response of a conversation (the one Kimi's copy ends with)."""
-        rows = self._read(
-            "SELECT id FROM responses WHERE conversation_id = ?"
-            " ORDER BY created_at DESC LIMIT 1",
+        rows = await self._read(
+            "SELECT id FROM responses WHERE conversation_id = ? ORDER BY created_at DESC LIMIT 1",
             (conversation_id,),
         )
         return str(rows[0]["id"]) if rows else None
 
-    def delete_responses(self, conversation_id: str) -> int:
+    async def delete_responses(self, conversation_id: str) -> int:
         """Forget every response of a conversation; returns how many."""
-        with self._write() as db:
-            return db.execute(
-                "DELETE FROM responses WHERE conversation_id = ?", (conversation_id,)
+        async with self._write() as db:
+            return (
+                await db.execute(
+                    "DELETE FROM responses WHERE conversation_id = ?", (conversation_id,)
+                )
             ).rowcount
 
-    def prune_responses(self, *, older_than: float) -> int:
+    async def prune_responses(self, *, older_than: float) -> int:
         """Drop the responses saved before `older_than` whose conversation was deleted; returns
         how many. (A conversation the answer itself created is queued only after the answer
         is saved: younger rows are left alone.)"""
-        with self._write() as db:
-            return db.execute(
-                "DELETE FROM responses WHERE created_at < ? AND conversation_id NOT IN"
-                " (SELECT conversation_id FROM pending_deletions)",
-                (older_than,),
+        async with self._write() as db:
+            return (
+                await db.execute(
+                    "DELETE FROM responses WHERE created_at < ? AND conversation_id NOT IN"
+                    " (SELECT conversation_id FROM pending_deletions)",
+                    (older_than,),
+                )
             ).rowcount

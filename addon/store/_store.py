@@ -7,11 +7,12 @@ newest refresh token is written and committed here BEFORE the access token it ca
 and a client that keeps sending its original token is mapped to its account by a keyed
 fingerprint of that token.
 
-Several processes may share one file: WAL mode, a busy timeout, and short `BEGIN IMMEDIATE`
-transactions (no I/O while a transaction is open). Calls are synchronous and cheap (primary-key
-lookups and single-row updates); the addon calls them from the event loop directly. A refresh
-runs under the account's refresh lock (`_store_locks.py`), so processes never refresh the same
-account at once.
+Several processes may share one file: WAL mode and short `BEGIN IMMEDIATE` transactions (no
+I/O while a transaction is open). Every method is `async`, one interface for this store and the
+PostgreSQL one (`_pg.py`, the same methods and SQL). Here the calls are cheap (primary-key
+lookups and single-row updates) and run on the event loop directly, without a thread hop; only
+waiting for another process's write lock leaves the loop (`_base.py`). A refresh runs under the
+account's refresh lock (`_locks.py`), so processes never refresh the same account at once.
 Token rotations commit with `synchronous=FULL` (losing one on power loss would kill the
 account); every other write uses NORMAL, which in WAL mode does not fsync at each commit.
 """
@@ -23,7 +24,6 @@ import json
 import os
 import secrets
 import sqlite3
-import threading
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import cast
@@ -31,6 +31,7 @@ from typing import cast
 from addon.accounts._secrets import constant_time_equal, fingerprint, hash_key, new_salt, redact
 
 from ._admin import AdminMethods
+from ._base import Db, _SqliteDb
 from ._locks import LockMethods
 from ._meta import MetaMethods
 from ._queues import QueueMethods
@@ -106,7 +107,7 @@ class Store(QueueMethods, LockMethods, ResponseMethods, AdminMethods, MetaMethod
 
     def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 10.0) -> None:
         self.path = str(path)
-        self._lock = threading.Lock()  # one connection, so one statement sequence at a time
+        self._busy_timeout = busy_timeout
         memory = self.path == ":memory:"
         try:
             if not memory:
@@ -117,12 +118,18 @@ class Store(QueueMethods, LockMethods, ResponseMethods, AdminMethods, MetaMethod
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the account store {self.path}: {exc}") from exc
         self._db.row_factory = sqlite3.Row
+        self._adb = _SqliteDb(self._db)
         try:
+            # Opening may wait for another process's write lock (SQLite's busy handler): it
+            # happens once, before this process serves anything.
             self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             self._db.execute("PRAGMA foreign_keys = ON")
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA synchronous = NORMAL")
-            self._migrate()
+            self._migrate_file()
+            row = self._db.execute("SELECT value FROM meta WHERE key = 'salt'").fetchone()
+            # From here on a busy file is waited for with asyncio.sleep (`_base.py`).
+            self._db.execute("PRAGMA busy_timeout = 0")
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise StoreError(f"the account store {self.path} is not usable: {exc}") from exc
@@ -133,13 +140,14 @@ class Store(QueueMethods, LockMethods, ResponseMethods, AdminMethods, MetaMethod
             for suffix in ("-wal", "-shm"):
                 with contextlib.suppress(FileNotFoundError):
                     os.chmod(self.path + suffix, 0o600)
-        row = self._read("SELECT value FROM meta WHERE key = 'salt'")
-        self._salt = bytes.fromhex(row[0]["value"])
+        self._salt = bytes.fromhex(row["value"])
 
     # -- plumbing ---------------------------------------------------------------------------
 
-    def _migrate(self) -> None:
-        with self._write() as db:
+    def _migrate_file(self) -> None:
+        db = self._db
+        db.execute("BEGIN IMMEDIATE")
+        try:
             version = int(db.execute("PRAGMA user_version").fetchone()[0])
             if version > SCHEMA_VERSION:
                 raise StoreError(
@@ -155,24 +163,26 @@ class Store(QueueMethods, LockMethods, ResponseMethods, AdminMethods, MetaMethod
             db.execute(
                 "INSERT OR IGNORE INTO meta (key, value) VALUES ('salt', ?)", (new_salt().hex(),)
             )
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        db.execute("COMMIT")
 
-    @property
-    def schema_version(self) -> int:
-        return int(self._read("PRAGMA user_version")[0][0])
+    async def schema_version(self) -> int:
+        return int((await self._read("PRAGMA user_version"))[0][0])
 
-    def check_writable(self) -> None:
+    async def check_writable(self) -> None:
         """Take the write lock and commit a no-op (for `/readyz`).
 
         Raises:
             sqlite3.Error: the file cannot be written (read-only, disk full, locked too long).
         """
-        with self._write() as db:
-            db.execute("UPDATE meta SET value = value WHERE key = 'salt'")
+        async with self._write() as db:
+            await db.execute("UPDATE meta SET value = value WHERE key = 'salt'")
 
-    def close(self) -> None:
+    async def close(self) -> None:
         """Close the connection (idempotent)."""
-        with self._lock:
-            self._db.close()
+        self._db.close()
 
     # -- accounts ---------------------------------------------------------------------------
 
@@ -180,17 +190,17 @@ class Store(QueueMethods, LockMethods, ResponseMethods, AdminMethods, MetaMethod
         """The keyed fingerprint of a token under this store's secret."""
         return fingerprint(token, self._salt)
 
-    def _get(self, db: sqlite3.Connection, account_id: str) -> Account:
-        row = db.execute(
-            f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?", (account_id,)
+    async def _get(self, db: Db, account_id: str) -> Account:
+        row = (
+            await db.execute(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?", (account_id,))
         ).fetchone()
         if row is None:
             raise KeyError(account_id)
         return account_from_row(row)
 
-    def _insert_account(
+    async def _insert_account(
         self,
-        db: sqlite3.Connection,
+        db: Db,
         *,
         label: str | None,
         source: Source,
@@ -200,24 +210,24 @@ class Store(QueueMethods, LockMethods, ResponseMethods, AdminMethods, MetaMethod
         now: float,
     ) -> str:
         account_id = new_account_id()
-        db.execute(
+        await db.execute(
             "INSERT INTO accounts (id, label, source, dialect, refresh_token, config_fingerprint,"
             " created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (account_id, label, source, dialect, token, config_fp, now, now),
         )
-        self._link(db, token, account_id, now)
+        await self._link(db, token, account_id, now)
         return account_id
 
-    def _link(self, db: sqlite3.Connection, token: str, account_id: str, now: float) -> None:
+    async def _link(self, db: Db, token: str, account_id: str, now: float) -> None:
         # Every token an account ever held points at it, so a client presenting an old or the
         # newest token never spawns a second account for the same Kimi login.
-        db.execute(
+        await db.execute(
             "INSERT OR REPLACE INTO token_fingerprints (fingerprint, account_id, created_at)"
             " VALUES (?, ?, ?)",
             (self.fingerprint(token), account_id, now),
         )
 
-    def account_for_token(self, token: str, *, now: float) -> Account:
+    async def account_for_token(self, token: str, *, now: float) -> Account:
         """The account a client's token belongs to, created on first sight.
 
         A new account's current refresh token is `token` itself; later the store's (rotated)
@@ -225,43 +235,47 @@ class Store(QueueMethods, LockMethods, ResponseMethods, AdminMethods, MetaMethod
         """
         fp = self.fingerprint(token)
         # The common case (a known token) is one read, with no write lock taken.
-        rows = self._read(
+        rows = await self._read(
             f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id ="
             " (SELECT account_id FROM token_fingerprints WHERE fingerprint = ?)",
             (fp,),
         )
         if rows:
             return account_from_row(rows[0])
-        with self._write() as db:
-            row = db.execute(
-                "SELECT account_id FROM token_fingerprints WHERE fingerprint = ?", (fp,)
+        async with self._write() as db:
+            row = (
+                await db.execute(
+                    "SELECT account_id FROM token_fingerprints WHERE fingerprint = ?", (fp,)
+                )
             ).fetchone()
             if row is not None:  # another process created it meanwhile
-                return self._get(db, row["account_id"])
-            db.execute(
+                return await self._get(db, row["account_id"])
+            await db.execute(
                 f"DELETE FROM accounts WHERE id IN (SELECT id FROM accounts WHERE {_UNPROVEN}"
                 " ORDER BY created_at DESC, id LIMIT -1 OFFSET ?)",
                 (self.MAX_UNPROVEN - 1,),
             )
-            account_id = self._insert_account(
+            account_id = await self._insert_account(
                 db, label=None, source="client", dialect=None, token=token, config_fp=None, now=now
             )
-            return self._get(db, account_id)
+            return await self._get(db, account_id)
 
-    def get_account(self, account_id: str) -> Account | None:
+    async def get_account(self, account_id: str) -> Account | None:
         """The account's current state, or None when it does not exist."""
-        rows = self._read(f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?", (account_id,))
+        rows = await self._read(
+            f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id = ?", (account_id,)
+        )
         return account_from_row(rows[0]) if rows else None
 
-    def get_accounts(self, account_ids: Sequence[str]) -> dict[str, Account]:
+    async def get_accounts(self, account_ids: Sequence[str]) -> dict[str, Account]:
         """Several accounts in one query, by id (missing ids are absent)."""
         marks = ",".join("?" * len(account_ids))
-        rows = self._read(
+        rows = await self._read(
             f"SELECT {ACCOUNT_COLUMNS} FROM accounts WHERE id IN ({marks})", account_ids
         )
         return {row["id"]: account_from_row(row) for row in rows}
 
-    def upsert_config_account(
+    async def upsert_config_account(
         self, label: str, refresh_token: str, *, dialect: str | None = None, now: float
     ) -> Account:
         """Make sure the configured account `label` exists; returns its current state.
@@ -273,17 +287,22 @@ class Store(QueueMethods, LockMethods, ResponseMethods, AdminMethods, MetaMethod
         with its account and lifecycle.
         """
         fp = self.fingerprint(refresh_token)
-        with self._write() as db:
-            row = db.execute(
-                "SELECT id, config_fingerprint FROM accounts WHERE source = 'config' AND label = ?",
-                (label,),
+        async with self._write() as db:
+            row = (
+                await db.execute(
+                    "SELECT id, config_fingerprint FROM accounts"
+                    " WHERE source = 'config' AND label = ?",
+                    (label,),
+                )
             ).fetchone()
             if row is None:
-                known = db.execute(
-                    "SELECT account_id FROM token_fingerprints WHERE fingerprint = ?", (fp,)
+                known = (
+                    await db.execute(
+                        "SELECT account_id FROM token_fingerprints WHERE fingerprint = ?", (fp,)
+                    )
                 ).fetchone()
                 if known is None:
-                    account_id = self._insert_account(
+                    account_id = await self._insert_account(
                         db,
                         label=label,
                         source="config",
@@ -292,32 +311,32 @@ class Store(QueueMethods, LockMethods, ResponseMethods, AdminMethods, MetaMethod
                         config_fp=fp,
                         now=now,
                     )
-                    return self._get(db, account_id)
+                    return await self._get(db, account_id)
                 account_id = known["account_id"]
-                db.execute(
+                await db.execute(
                     "UPDATE accounts SET source = 'config', label = ?, dialect = ?,"
                     " config_fingerprint = ?, updated_at = ? WHERE id = ?",
                     (label, dialect, fp, now, account_id),
                 )
-                return self._get(db, account_id)
+                return await self._get(db, account_id)
             account_id = row["id"]
             if row["config_fingerprint"] == fp:
-                db.execute(
+                await db.execute(
                     "UPDATE accounts SET dialect = ? WHERE id = ? AND dialect IS NOT ?",
                     (dialect, account_id, dialect),
                 )
             else:
-                db.execute(
+                await db.execute(
                     "UPDATE accounts SET refresh_token = ?, previous_refresh_token = NULL,"
                     " access_token = NULL, access_expires_at = NULL, health = 'ok',"
                     " cooling_until = NULL, last_error = NULL, config_fingerprint = ?,"
                     " dialect = ?, updated_at = ? WHERE id = ?",
                     (refresh_token, fp, dialect, now, account_id),
                 )
-                self._link(db, refresh_token, account_id, now)
-            return self._get(db, account_id)
+                await self._link(db, refresh_token, account_id, now)
+            return await self._get(db, account_id)
 
-    def record_rotation(
+    async def record_rotation(
         self,
         account_id: str,
         *,
@@ -333,44 +352,46 @@ class Store(QueueMethods, LockMethods, ResponseMethods, AdminMethods, MetaMethod
         is kept as `previous_refresh_token` only until `confirm_rotation` says its successor
         worked; it is never sent to Kimi again (Kimi rotated it).
         """
-        with self._write(durable=True) as db:
-            current = self._get(db, account_id)
+        async with self._write(durable=True) as db:
+            current = await self._get(db, account_id)
             if refresh_token is not None and refresh_token != current.refresh_token:
-                db.execute(
+                await db.execute(
                     "UPDATE accounts SET previous_refresh_token = refresh_token,"
                     " refresh_token = ? WHERE id = ?",
                     (refresh_token, account_id),
                 )
-                self._link(db, refresh_token, account_id, now)
-            db.execute(
+                await self._link(db, refresh_token, account_id, now)
+            await db.execute(
                 "UPDATE accounts SET access_token = ?, access_expires_at = ?, updated_at = ?"
                 " WHERE id = ?",
                 (access_token, access_expires_at, now, account_id),
             )
-            return self._get(db, account_id)
+            return await self._get(db, account_id)
 
-    def confirm_rotation(self, account_id: str) -> None:
+    async def confirm_rotation(self, account_id: str) -> None:
         """The account's current tokens worked once: erase the retired refresh token."""
-        with self._write() as db:
-            db.execute(
+        async with self._write() as db:
+            await db.execute(
                 "UPDATE accounts SET previous_refresh_token = NULL"
                 " WHERE id = ? AND previous_refresh_token IS NOT NULL",
                 (account_id,),
             )
 
-    def clear_access(self, account_id: str, *, only_if: str | None = None) -> None:
+    async def clear_access(self, account_id: str, *, only_if: str | None = None) -> None:
         """Forget the cached access token (only if it is still `only_if`, when given, so a
         token another process just refreshed is not thrown away)."""
-        with self._write() as db:
+        async with self._write() as db:
             if only_if is None:
-                db.execute("UPDATE accounts SET access_token = NULL WHERE id = ?", (account_id,))
+                await db.execute(
+                    "UPDATE accounts SET access_token = NULL WHERE id = ?", (account_id,)
+                )
             else:
-                db.execute(
+                await db.execute(
                     "UPDATE accounts SET access_token = NULL WHERE id = ? AND access_token = ?",
                     (account_id, only_if),
                 )
 
-    def set_health(
+    async def set_health(
         self,
         account_id: str,
         health: Health,
@@ -381,8 +402,8 @@ class Store(QueueMethods, LockMethods, ResponseMethods, AdminMethods, MetaMethod
         failure: bool = False,
     ) -> None:
         """Set health; `error` is redacted before it is stored; `failure` counts one failure."""
-        with self._write() as db:
-            db.execute(
+        async with self._write() as db:
+            await db.execute(
                 "UPDATE accounts SET health = ?, cooling_until = ?,"
                 " last_error = COALESCE(?, last_error), failures = failures + ?, updated_at = ?"
                 " WHERE id = ?",
@@ -396,28 +417,28 @@ class Store(QueueMethods, LockMethods, ResponseMethods, AdminMethods, MetaMethod
                 ),
             )
 
-    def count_failure(self, account_id: str, *, error: str, now: float) -> None:
+    async def count_failure(self, account_id: str, *, error: str, now: float) -> None:
         """Count a failure that does not change the account's health."""
-        with self._write() as db:
-            db.execute(
+        async with self._write() as db:
+            await db.execute(
                 "UPDATE accounts SET failures = failures + 1, last_error = ?, updated_at = ?"
                 " WHERE id = ?",
                 (redact(error)[:500], now, account_id),
             )
 
-    def count_request(self, account_id: str, *, now: float) -> None:
+    async def count_request(self, account_id: str, *, now: float) -> None:
         """Count one request served (or attempted) with the account."""
-        with self._write() as db:
-            db.execute(
+        async with self._write() as db:
+            await db.execute(
                 "UPDATE accounts SET requests = requests + 1, updated_at = ? WHERE id = ?",
                 (now, account_id),
             )
 
-    def count_long_text_round(self, account_id: str, *, now: float, window: float) -> int:
+    async def count_long_text_round(self, account_id: str, *, now: float, window: float) -> int:
         """Count one long-text round in the current window (a new window starts when the old
         one is over); returns the rounds in the window so far."""
-        with self._write() as db:
-            db.execute(
+        async with self._write() as db:
+            await db.execute(
                 "UPDATE accounts SET"
                 " long_text_rounds = CASE WHEN window_started_at IS NULL"
                 "   OR window_started_at + ? <= ? THEN 1 ELSE long_text_rounds + 1 END,"
@@ -426,61 +447,65 @@ class Store(QueueMethods, LockMethods, ResponseMethods, AdminMethods, MetaMethod
                 " updated_at = ? WHERE id = ?",
                 (window, now, window, now, now, now, account_id),
             )
-            return self._get(db, account_id).view.long_text_rounds
+            return (await self._get(db, account_id)).view.long_text_rounds
 
-    def list_accounts(self) -> list[AccountView]:
+    async def list_accounts(self) -> list[AccountView]:
         """Every account, without tokens, oldest first."""
-        rows = self._read(f"SELECT {VIEW_COLUMNS} FROM accounts ORDER BY created_at, id")
+        rows = await self._read(f"SELECT {VIEW_COLUMNS} FROM accounts ORDER BY created_at, id")
         return [view_from_row(row) for row in rows]
 
-    def prune_unproven_accounts(self, *, now: float) -> int:
+    async def prune_unproven_accounts(self, *, now: float) -> int:
         """Forget client accounts whose token never worked, created over `UNPROVEN_TTL`
         seconds ago (junk tokens, typos); returns how many. A later request with the same
         token starts over with a new account."""
-        with self._write() as db:
-            return db.execute(
-                f"DELETE FROM accounts WHERE {_UNPROVEN} AND created_at < ?",
-                (now - self.UNPROVEN_TTL,),
+        async with self._write() as db:
+            return (
+                await db.execute(
+                    f"DELETE FROM accounts WHERE {_UNPROVEN} AND created_at < ?",
+                    (now - self.UNPROVEN_TTL,),
+                )
             ).rowcount
 
-    def delete_account(self, account_id: str) -> bool:
+    async def delete_account(self, account_id: str) -> bool:
         """Forget an account with its fingerprints, exchanges and queued deletions."""
-        with self._write() as db:
-            return db.execute("DELETE FROM accounts WHERE id = ?", (account_id,)).rowcount > 0
+        async with self._write() as db:
+            return (
+                await db.execute("DELETE FROM accounts WHERE id = ?", (account_id,))
+            ).rowcount > 0
 
     # -- gateway keys -----------------------------------------------------------------------
 
-    def replace_gateway_keys(self, keys: Iterable[tuple[str, str, Sequence[str]]]) -> None:
+    async def replace_gateway_keys(self, keys: Iterable[tuple[str, str, Sequence[str]]]) -> None:
         """Make the stored keys exactly `(key, label, account_ids)`; only hashes are stored.
         Replacing (not adding) means a key removed from the config stops working. Keys created
         on the admin page (`source = 'admin'`) are left alone."""
         rows = [(hash_key(key), label, json.dumps(list(ids))) for key, label, ids in keys]
-        with self._write() as db:
-            db.execute("DELETE FROM gateway_keys WHERE source = 'config'")
-            db.executemany(
+        async with self._write() as db:
+            await db.execute("DELETE FROM gateway_keys WHERE source = 'config'")
+            await db.executemany(
                 "INSERT OR REPLACE INTO gateway_keys (key_hash, label, account_ids)"
                 " VALUES (?, ?, ?)",
                 rows,
             )
 
-    def add_gateway_key(self, key: str, *, label: str, account_ids: Sequence[str]) -> None:
+    async def add_gateway_key(self, key: str, *, label: str, account_ids: Sequence[str]) -> None:
         """Store one more key (hash only)."""
-        with self._write() as db:
-            db.execute(
+        async with self._write() as db:
+            await db.execute(
                 "INSERT OR REPLACE INTO gateway_keys (key_hash, label, account_ids)"
                 " VALUES (?, ?, ?)",
                 (hash_key(key), label, json.dumps(list(account_ids))),
             )
 
-    def has_gateway_keys(self) -> bool:
-        return bool(self._read("SELECT 1 FROM gateway_keys LIMIT 1"))
+    async def has_gateway_keys(self) -> bool:
+        return bool(await self._read("SELECT 1 FROM gateway_keys LIMIT 1"))
 
-    def verify_gateway_key(self, key: str) -> GatewayKey | None:
+    async def verify_gateway_key(self, key: str) -> GatewayKey | None:
         """The key's grant, or None. Every stored hash is compared in constant time and the
         loop never stops early, so timing tells nothing about which hash came close."""
         presented = hash_key(key)
         found: GatewayKey | None = None
-        for row in self._read("SELECT key_hash, label, account_ids FROM gateway_keys"):
+        for row in await self._read("SELECT key_hash, label, account_ids FROM gateway_keys"):
             if constant_time_equal(presented, row["key_hash"]):
                 ids = cast(list[str], json.loads(row["account_ids"]))
                 found = GatewayKey(label=row["label"], account_ids=tuple(ids))

@@ -137,7 +137,7 @@ class ChatService:
                 raise LocalProtocolError("the request body must be a JSON object", param=None)
             plan = plan_chat(body)
             stats.model = plan.model
-            accounts = self.pool.resolve(credentials)
+            accounts = await self.pool.resolve(credentials)
         except (LocalProtocolError, AccessDenied) as err:
             stats.status = err.status
             return await reply.fail(err)
@@ -148,7 +148,7 @@ class ChatService:
     ) -> web.StreamResponse:
         prefer = None
         if len(accounts) > 1 and (self.settings.auto_continue or plan.conversation_id):
-            prefer = self.keeper.owner(accounts, plan)
+            prefer = await self.keeper.owner(accounts, plan)
         try:
             lease = await self.pool.acquire(accounts, prefer=prefer)
         except NoAccountAvailable as err:
@@ -164,21 +164,22 @@ class ChatService:
                     result = await self._attempt(plan, account, reply, stats)
                 except _BeforeStart as exc:
                     error = exc.error
-                    if error.status in FAILOVER_STATUSES and lease.fail_over(error) is not None:
+                    failover = error.status in FAILOVER_STATUSES
+                    if failover and await lease.fail_over(error) is not None:
                         stats.failovers += 1
                         reset = getattr(reply, "reset", None)
                         if reset is not None:
                             reset()
                         continue
                     if error.status not in FAILOVER_STATUSES:
-                        self.pool.mark_for(account, error)
+                        await self.pool.mark_for(account, error)
                     stats.status = error.status
                     return await reply.fail(error)
                 return result
 
     async def _token(self, account: Account, *, refused: str | None = None) -> str:
         if refused is not None:
-            self.pool.invalidate_access(account, refused)
+            await self.pool.invalidate_access(account, refused)
         try:
             return await self.pool.access_token(account)
         except AuthFailed as exc:
@@ -205,7 +206,7 @@ class ChatService:
         token = await self._token(account)
         if dialect.name == "connect" and self.catalogs is not None:
             plan = await self.catalogs.apply(plan, token)  # Kimi's own model names
-        resumption = self._resumption(plan, account)
+        resumption = await self._resumption(plan, account)
         if resumption is not None:
             plan = resumption.plan
         if isinstance(reply, JsonReply):
@@ -305,7 +306,7 @@ class ChatService:
                 and conversation_id
                 and (self.settings.auto_continue or plan.conversation_id)
             ):
-                self.keeper.remember(
+                await self.keeper.remember(
                     account,
                     dialect,
                     messages=resumption.full_messages if resumption else plan.messages,
@@ -338,7 +339,7 @@ class ChatService:
             if conversation_id:
                 # Errors, moderation stops and hang-ups end the conversation's use at once;
                 # a good reply keeps it for `conversation_ttl` so the next turn can continue it.
-                self.keeper.release(
+                await self.keeper.release(
                     account, dialect, conversation_id, keep=finished, created_here=created_here
                 )
 
@@ -359,18 +360,18 @@ class ChatService:
             if err.status != 401 or not retry_allowed():
                 raise
         else:
-            self.pool.confirm(account)  # the account's tokens work: a retired one can go
+            await self.pool.confirm(account)  # the account's tokens work: a retired one can go
             return result, token
         token = await self._token(account, refused=token)
         result = await action(token)
-        self.pool.confirm(account)
+        await self.pool.confirm(account)
         return result, token
 
-    def _resumption(self, plan: ChatPlan, account: Account) -> Resumption | None:
+    async def _resumption(self, plan: ChatPlan, account: Account) -> Resumption | None:
         if plan.conversation_id:
-            return self.keeper.resume_by_id(account, plan)
+            return await self.keeper.resume_by_id(account, plan)
         if self.settings.auto_continue and len(plan.messages) > 1:
-            found = self.keeper.find(account, plan.messages)
+            found = await self.keeper.find(account, plan.messages)
             if found is not None:
                 conversation_id, parent_id, prefix = found
                 new_turns = plan.messages[prefix:]

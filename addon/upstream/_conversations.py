@@ -170,7 +170,7 @@ class ConversationKeeper:
             raise dialect.http_error(502, body) from exc
         # Persist ownership at once with a deletion far enough out for the reply; a crash right
         # now still leaves the id in the store for the next start to delete.
-        self._hold(account.id, conversation_id, dialect.name)
+        await self._hold(account.id, conversation_id, dialect.name)
         return conversation_id
 
     def _refill_later(self, account: Account, dialect: Dialect) -> None:
@@ -196,7 +196,7 @@ class ConversationKeeper:
                     if exc.status != 401:
                         raise
                     # The cached access token expired early: drop it so the next use refreshes.
-                    self.pool.invalidate_access(account, token)
+                    await self.pool.invalidate_access(account, token)
                     raise
                 spare.append((conversation_id, self.clock()))
         except Exception as exc:
@@ -207,7 +207,7 @@ class ConversationKeeper:
 
     # -- continuing ---------------------------------------------------------------------------
 
-    def remember(
+    async def remember(
         self,
         account: Account,
         dialect: Dialect,
@@ -218,7 +218,7 @@ class ConversationKeeper:
         parent_id: str,
     ) -> None:
         history = (*messages, Message(role="assistant", text=answer))
-        self.store.save_exchange(
+        await self.store.save_exchange(
             exchange_key(history),
             account_id=account.id,
             conversation_id=conversation_id,
@@ -227,48 +227,50 @@ class ConversationKeeper:
             now=self.clock(),
         )
 
-    def find(self, account: Account, messages: Sequence[Message]) -> tuple[str, str, int] | None:
+    async def find(
+        self, account: Account, messages: Sequence[Message]
+    ) -> tuple[str, str, int] | None:
         """The conversation whose remembered exchange is the longest prefix of `messages`
         ending in an assistant turn: (conversation id, parent message id, prefix length)."""
         candidates = _candidate_keys(messages)
-        known = self.store.find_exchanges([key for _, key in candidates])
+        known = await self.store.find_exchanges([key for _, key in candidates])
         for end, key in candidates:
             found = known.get(key)
             # Another account's conversation cannot be continued with this account's token.
             if found is not None and found.account_id == account.id:
-                if not self.store.is_pending(found.conversation_id):
+                if not await self.store.is_pending(found.conversation_id):
                     return None  # already deleted: start afresh
-                latest = self.store.latest_exchange_for(found.conversation_id)
+                latest = await self.store.latest_exchange_for(found.conversation_id)
                 if latest is None or latest.key != found.key:
                     # The conversation went on past this point: the client regenerated or
                     # edited a later turn. Kimi's copy holds the discarded turns: start afresh.
                     return None
-                self._hold(account.id, found.conversation_id, found.dialect)
+                await self._hold(account.id, found.conversation_id, found.dialect)
                 return found.conversation_id, found.parent_message_id, end
         return None
 
-    def owner(self, accounts: Sequence[Account], plan: ChatPlan) -> str | None:
+    async def owner(self, accounts: Sequence[Account], plan: ChatPlan) -> str | None:
         """The id of the client's account holding the conversation this request continues
         (by `conversation_id` or by history), so the pool can prefer it: another account
         cannot continue it."""
         ids = {a.id for a in accounts}
         if plan.conversation_id:
-            latest = self.store.latest_exchange_for(plan.conversation_id)
+            latest = await self.store.latest_exchange_for(plan.conversation_id)
             return latest.account_id if latest and latest.account_id in ids else None
         candidates = _candidate_keys(plan.messages)
-        known = self.store.find_exchanges([key for _, key in candidates])
+        known = await self.store.find_exchanges([key for _, key in candidates])
         for _, key in candidates:
             found = known.get(key)
             if found is not None and found.account_id in ids:
                 return found.account_id
         return None
 
-    def resume_by_id(self, account: Account, plan: ChatPlan) -> Resumption:
+    async def resume_by_id(self, account: Account, plan: ChatPlan) -> Resumption:
         assert plan.conversation_id is not None
-        latest = self.store.latest_exchange_for(plan.conversation_id)
+        latest = await self.store.latest_exchange_for(plan.conversation_id)
         parent = latest.parent_message_id if latest is not None else ""
-        if self.store.is_pending(plan.conversation_id):
-            self._hold(account.id, plan.conversation_id, latest.dialect if latest else None)
+        if await self.store.is_pending(plan.conversation_id):
+            await self._hold(account.id, plan.conversation_id, latest.dialect if latest else None)
         return Resumption(
             plan=plan,
             conversation_id=plan.conversation_id,
@@ -278,7 +280,7 @@ class ConversationKeeper:
 
     # -- deleting -----------------------------------------------------------------------------
 
-    def release(
+    async def release(
         self,
         account: Account,
         dialect: Dialect,
@@ -289,19 +291,19 @@ class ConversationKeeper:
     ) -> None:
         """The reply using `conversation_id` ended; delete it after the TTL (now if not `keep`).
         Only conversations this proxy created are ever scheduled."""
-        if not created_here and not self.store.is_pending(conversation_id):
+        if not created_here and not await self.store.is_pending(conversation_id):
             return
         delay = self.ttl if keep else 0.0
-        self.store.schedule_deletion(
+        await self.store.schedule_deletion(
             account.id, conversation_id, dialect=dialect.name, due_at=self.clock() + delay
         )
         if delay <= 0:
             self._kick()
 
-    def _hold(self, account_id: str, conversation_id: str, dialect: str | None) -> None:
+    async def _hold(self, account_id: str, conversation_id: str, dialect: str | None) -> None:
         """Mark a conversation ours and in use: its deletion is pushed out while a reply runs,
         and it is persisted, so a crash still leaves it for the next start to delete."""
-        self.store.schedule_deletion(
+        await self.store.schedule_deletion(
             account_id,
             conversation_id,
             dialect=dialect,
@@ -344,7 +346,7 @@ class ConversationKeeper:
         while True:
             batch = [
                 p
-                for p in self.store.claim_due_deletions(
+                for p in await self.store.claim_due_deletions(
                     self.clock(),
                     owner=self.claimer,
                     claim_ttl=self.claim_ttl,
@@ -362,7 +364,7 @@ class ConversationKeeper:
         self, account_id: str, conversation_id: str, dialect_name: str | None, attempts: int
     ) -> None:
         dialect = CONNECT if dialect_name == "connect" else LEGACY
-        account = self.store.get_account(account_id)
+        account = await self.store.get_account(account_id)
         try:
             if account is None:
                 raise RemoteProtocolError("account no longer known", status=404)
@@ -373,7 +375,7 @@ class ConversationKeeper:
         except Exception as exc:
             self.delete_failures += 1
             backoff = min(3600.0, 5.0 * 2**attempts)
-            self.store.reschedule(
+            await self.store.reschedule(
                 conversation_id, now=self.clock(), backoff=backoff, error=type(exc).__name__
             )
             log.warning(
@@ -383,7 +385,7 @@ class ConversationKeeper:
                 type(exc).__name__,
             )
             return
-        self.store.mark_deleted(conversation_id)
+        await self.store.mark_deleted(conversation_id)
         self.deleted += 1
 
     # -- lifecycle ----------------------------------------------------------------------------
@@ -400,8 +402,8 @@ class ConversationKeeper:
                 if passes % 600 == 0:
                     # Exchanges outlive nothing: their conversation is gone after the TTL.
                     keep = max(self.ttl, self.precreate_max_age) + 3600.0
-                    self.store.prune_exchanges(older_than=self.clock() - keep)
-                    self.store.prune_unproven_accounts(now=self.clock())
+                    await self.store.prune_exchanges(older_than=self.clock() - keep)
+                    await self.store.prune_unproven_accounts(now=self.clock())
             except Exception as exc:
                 log.warning("cleanup pass failed: %s", type(exc).__name__)
             passes += 1

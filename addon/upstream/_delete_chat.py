@@ -33,9 +33,9 @@ _WORKING: Final[dict[str, str]] = {}
 class Notes(Protocol):
     """Where the route is persisted (the store)."""
 
-    def note(self, key: str) -> str | None: ...
+    async def note(self, key: str) -> str | None: ...
 
-    def set_note(self, key: str, value: str) -> None: ...
+    async def set_note(self, key: str, value: str) -> None: ...
 
 
 def _key(base_url: str) -> str:
@@ -69,7 +69,7 @@ async def delete_conversation(
         return
     known = _WORKING.get(kimi.base_url)
     if known is None and notes is not None:
-        noted = notes.note(_key(kimi.base_url))
+        noted = await notes.note(_key(kimi.base_url))
         known = noted if noted in DELETE_CHAT_SERVICES else None
     order = [known] if known else []
     order += [s for s in DELETE_CHAT_SERVICES if s != known]
@@ -81,7 +81,7 @@ async def delete_conversation(
             if _WORKING.get(kimi.base_url) != service:
                 _WORKING[kimi.base_url] = service
                 if notes is not None:
-                    notes.set_note(_key(kimi.base_url), service)
+                    await notes.set_note(_key(kimi.base_url), service)
             return
         if outcome == "error":
             raise dialect.http_error(response.status_code, response.content)

@@ -101,7 +101,7 @@ class ModelCatalogs:
     async def listing(self, credentials: str, created: int) -> dict[str, Any]:
         """The `/v1/models` body: Kimi's catalog, or the static list when it cannot be had."""
         try:
-            accounts = self.pool.resolve(credentials)
+            accounts = await self.pool.resolve(credentials)
         except TranslatorError:
             return model_list(created)
         catalog = self.cached() if self._fresh() else None

@@ -75,6 +75,7 @@ class RuntimeSettings:
     max_account_concurrency: int = 5
     account_cooldown: float = 60.0
     keepalive_interval: float = 15.0
+    stream_flush_interval: float = 0.025
     stall_timeout: float = 120.0
     refresh_path: str = "/api/auth/token/refresh"
     #: what carries the Kimi calls: "aiohttp" (HTTP/1.1, C parser) or "httpx" (httpcore, HTTP/2)
@@ -195,6 +196,7 @@ class Runtime:
                 dialect=s.dialect,
                 conversation_ttl=s.conversation_ttl,
                 keepalive_interval=s.keepalive_interval,
+                stream_flush_interval=s.stream_flush_interval,
                 stall_timeout=s.stall_timeout,
                 auto_continue=s.auto_continue,
             ),

@@ -60,6 +60,8 @@ __all__ = ["KimiProxy", "addons"]
 log = logging.getLogger("kimi_free_api")
 
 DIALECTS = ("auto", "legacy", "connect")
+#: default of the stream_flush_ms option (docs/benchmarks.md measures it)
+STREAM_FLUSH_MS = 25
 METADATA_KEY = "kimi_free_api"
 #: where the client sent a request (scheme, host, port), shown instead of the loopback relay
 CLIENT_TARGET_KEY = "kimi_free_api_client_target"
@@ -253,6 +255,14 @@ class KimiProxy:
             "Seconds of upstream silence after which an SSE keep-alive comment is sent.",
         )
         loader.add_option(
+            "stream_flush_ms",
+            int,
+            STREAM_FLUSH_MS,
+            "Milliseconds: answer events that arrive closer together than this after a write "
+            "are written together (the first write and slower streams are never held; 0 = "
+            "write each event at once).",
+        )
+        loader.add_option(
             "stall_timeout",
             int,
             120,
@@ -308,6 +318,7 @@ class KimiProxy:
             "precreate_conversations",
             "account_cooldown",
             "config_poll_interval",
+            "stream_flush_ms",
         ):
             if name in updated and getattr(opts, name) < 0:
                 raise exceptions.OptionsError(f"{name} must be >= 0")
@@ -363,6 +374,7 @@ class KimiProxy:
             max_account_concurrency=opts.max_account_concurrency,
             account_cooldown=float(opts.account_cooldown),
             keepalive_interval=float(opts.keepalive_interval),
+            stream_flush_interval=opts.stream_flush_ms / 1000,
             stall_timeout=float(opts.stall_timeout),
             refresh_path=opts.refresh_path,
             http_client=opts.kimi_http_client,

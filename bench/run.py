@@ -47,6 +47,8 @@ VARIANTS: dict[str, tuple[str, dict[str, Any]]] = {
     "httpx": ("default", {"kimi_http_client": "httpx"}),
     # the proxy of another checkout (--baseline-tree), e.g. the release the issue measured
     "baseline": ("baseline", {}),
+    # as shipped, but every answer event written at once (stream_flush_ms=0)
+    "unbatched": ("default", {"stream_flush_ms": 0}),
 }
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
-from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any, cast
+from collections.abc import AsyncIterator
+from typing import Any, Protocol, cast
 
 import aiohttp
 import httpx
@@ -81,13 +81,38 @@ class _Body(httpx.AsyncByteStream):
         except _FAILURES as exc:
             raise _error(exc, self._request) from exc
 
-    async def read_some(self) -> bytes:
+    async def read(self) -> bytes:
         """Everything that has arrived since the last call (waiting for at least one byte);
         b"" at the end of the body."""
         try:
             return await self._response.content.readany()
         except _FAILURES as exc:
             raise _error(exc, self._request) from exc
+
+    def read_buffered(self) -> bytes:
+        try:
+            return self._response.content.read_nowait()
+        except _FAILURES as exc:
+            raise _error(exc, self._request) from exc
+
+    async def gather(self, seconds: float) -> bytes:
+        # Reading is paused meanwhile, so the events that arrive wait in the kernel and come in
+        # with one wake-up, one TLS read and one parse instead of one of each per event.
+        connection = self._response.connection
+        protocol = connection.protocol if connection is not None else None
+        if protocol is None:
+            await asyncio.sleep(seconds)
+            return self.read_buffered()
+        protocol.pause_reading()
+        try:
+            await asyncio.sleep(seconds)
+        finally:
+            protocol.resume_reading()
+        # One loop turn polls the socket again (uvloop polls before it runs this task's next
+        # step; asyncio's loop after it, hence the second turn).
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        return self.read_buffered()
 
     async def aclose(self) -> None:
         response = self._response
@@ -161,7 +186,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             headers=list(response.raw_headers),
             stream=reader,
             extensions={
-                # httpx wraps the stream (BoundAsyncStream); read_some finds the body here
+                # httpx wraps the stream (BoundAsyncStream); body_reader finds the body here
                 _BODY: reader,
                 "http_version": f"HTTP/{version.major}.{version.minor}".encode()
                 if version is not None
@@ -178,14 +203,48 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
 
 def wrap_stream(response: httpx.Response, stream: httpx.AsyncByteStream) -> None:
     """Make `stream` (e.g. a recorder's tee around the body) what every reader reads: also
-    `read_some`, which would otherwise read this transport's body directly."""
+    `body_reader`, which would otherwise read this transport's body directly."""
     response.stream = stream
     response.extensions.pop(_BODY, None)
 
 
-def read_some(response: httpx.Response) -> Callable[[], Awaitable[bytes]]:
-    """A reader of a streamed response's body: each call returns everything that arrived since
-    the last one (at least one byte), b"" at its end.
+class BodyReader(Protocol):
+    """How the relay reads a streamed answer (`body_reader`)."""
+
+    async def read(self) -> bytes:
+        """Everything that arrived since the last read (waiting for at least one byte); b""
+        at the end of the body."""
+        ...
+
+    def read_buffered(self) -> bytes:
+        """What has arrived and not been read yet, without waiting (b"" if nothing)."""
+        ...
+
+    async def gather(self, seconds: float) -> bytes:
+        """Wait `seconds`, then return what arrived meanwhile (b"" if nothing)."""
+        ...
+
+
+class _Pieces:
+    """`BodyReader` over httpx's `aiter_bytes`: a recorded or compressed body, or another
+    transport. It cannot tell what is buffered, so `read_buffered` has nothing."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._pieces = response.aiter_bytes().__aiter__()
+
+    async def read(self) -> bytes:
+        return await anext(self._pieces, b"")
+
+    def read_buffered(self) -> bytes:
+        return b""
+
+    async def gather(self, seconds: float) -> bytes:
+        # It cannot tell what is buffered: nothing to gather, and no reason to wait.
+        return b""
+
+
+def body_reader(response: httpx.Response) -> BodyReader:
+    """A reader of a streamed response's body.
 
     For an identity-encoded body from this transport it reads aiohttp's buffer directly: one
     call per wake-up instead of httpx's iterator chain (raw stream, decoders, chunker) per
@@ -195,10 +254,5 @@ def read_some(response: httpx.Response) -> Callable[[], Awaitable[bytes]]:
     """
     body = response.extensions.get(_BODY)
     if body is not None and "content-encoding" not in response.headers:
-        return cast(_Body, body).read_some
-    pieces = response.aiter_bytes().__aiter__()
-
-    async def next_piece() -> bytes:
-        return await anext(pieces, b"")
-
-    return next_piece
+        return cast(_Body, body)
+    return _Pieces(response)

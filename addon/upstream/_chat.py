@@ -50,7 +50,7 @@ from translator.legacy._errors import retry_after_seconds
 from translator.tools._prompt import plan_prompt
 from translator.tools._shaper import AnswerShaper
 
-from ._aiohttp_transport import read_some
+from ._aiohttp_transport import body_reader
 from ._conversations import ConversationKeeper, Resumption
 from ._dialects import Dialect, choose_dialect
 from ._fetch import FetchError
@@ -74,6 +74,8 @@ class ChatSettings:
     dialect: str = "auto"
     conversation_ttl: float = 600.0
     keepalive_interval: float = 15.0
+    #: seconds: events closer together than this are written together (0: each at once)
+    stream_flush_interval: float = 0.0
     #: no byte from Kimi for this long ends the reply with a 504-style error
     stall_timeout: float = 120.0
     max_continuations: int = 3
@@ -439,19 +441,33 @@ class ChatService:
     ) -> None:
         """Move Kimi's body through the translator to the client as it arrives.
 
-        One task reads whatever has arrived since its last turn (`read_some`), translates it
-        and writes it, so under load the client gets fewer, larger writes instead of one per
-        upstream read, and a client that reads slower than Kimi writes stops the reading (the
-        write waits for the client; meanwhile the HTTP client buffers a bounded amount and then
-        stops reading Kimi's socket). While nothing arrives it sends keep-alive comments, and
-        after `stall_timeout` of silence it gives up with a 504.
+        One task reads whatever has arrived since its last turn, translates it and writes it,
+        so under load the client gets fewer, larger writes instead of one per upstream read,
+        and a client that reads slower than Kimi writes stops the reading (the write waits for
+        the client; meanwhile the HTTP client buffers a bounded amount and then stops reading
+        Kimi's socket). While nothing arrives it sends keep-alive comments, and after
+        `stall_timeout` of silence it gives up with a 504.
+
+        `stream_flush_interval`: when events arrive closer together than this, the ones that
+        follow a write wait for the rest of the interval and go out together (one write, one
+        pass through mitmproxy, instead of one per event). The first write and every event
+        that arrives later than the interval after the previous write go out at once, so the
+        first token is never held and a stream slower than one event per interval is not
+        touched.
         """
-        read = read_some(resp)
+        body = body_reader(resp)
         interval = self.settings.keepalive_interval
+        gap = self.settings.stream_flush_interval
+        loop = asyncio.get_running_loop()
+        written_at = -gap
         silent_for = 0.0
         while True:
             try:
-                data = await asyncio.wait_for(read(), interval)
+                data = await asyncio.wait_for(body.read(), interval)
+                if gap and data:
+                    hold = written_at + gap - loop.time()
+                    if hold > 0:
+                        data += await body.gather(hold)
             except TimeoutError:
                 silent_for += interval
                 if silent_for >= self.settings.stall_timeout:
@@ -475,14 +491,19 @@ class ChatService:
                 # The hot path: the translator writes SSE bytes itself (the same bytes as
                 # encode_sse of its chunks, without building them).
                 out = translator.feed_sse(data)
-                if out and stats.first_byte_at is None:
-                    stats.first_byte_at = self.monotonic()
-                await reply.send_sse(out)
+                if out:
+                    if stats.first_byte_at is None:
+                        stats.first_byte_at = self.monotonic()
+                    await reply.send_sse(out)
+                    written_at = loop.time()
             else:
                 chunks = translator.feed(data)
-                if chunks and stats.first_byte_at is None:
-                    stats.first_byte_at = self.monotonic()
-                await reply.send(chunks)
+                if chunks:
+                    if stats.first_byte_at is None:
+                        stats.first_byte_at = self.monotonic()
+                    await reply.send(chunks)
+                    if reply.started:  # a streamed face; a JSON reply writes nothing yet
+                        written_at = loop.time()
             if translator.cut:
                 # A stop string or the token limit ended the answer: stop reading, and leaving
                 # the stream closes it, so Kimi stops sending.

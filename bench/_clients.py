@@ -77,7 +77,13 @@ def chat_body(prompt: str) -> dict[str, Any]:
     return {"model": "kimi", "stream": True, "messages": [{"role": "user", "content": prompt}]}
 
 
-async def raw_once(http: httpx.AsyncClient, url: str, token: str, prompt: str) -> Sample:
+async def raw_once(
+    http: httpx.AsyncClient,
+    url: str,
+    token: str,
+    prompt: str,
+    headers: dict[str, str] | None = None,
+) -> Sample:
     sample = Sample()
     start = time.perf_counter()
     try:
@@ -85,7 +91,7 @@ async def raw_once(http: httpx.AsyncClient, url: str, token: str, prompt: str) -
             "POST",
             url + "/v1/chat/completions",
             json=chat_body(prompt),
-            headers={"authorization": f"Bearer {token}"},
+            headers={"authorization": f"Bearer {token}", **(headers or {})},
         ) as resp:
             if resp.status_code != 200:
                 sample.error = f"HTTP {resp.status_code}"

@@ -131,6 +131,15 @@ async def run_phase(env: Env, kind: str, concurrency: int, completions: int) -> 
             async def one(i: int) -> Sample:
                 return await raw_once(http, env.proxy.url, f"{env.token_prefix}-{i}", env.prompt)
 
+        elif kind == "relay":
+            # raw, straight to the relay with the headers mitmproxy would add: the proxy's
+            # cost without its pass through mitmproxy (docs/benchmarks.md, the hop's cost)
+            relay_url, relay_headers = await env.proxy.relay()
+
+            async def one(i: int) -> Sample:
+                token = f"{env.token_prefix}-{i}"
+                return await raw_once(http, relay_url, token, env.prompt, relay_headers)
+
         elif kind == "sdk":
             import openai
 

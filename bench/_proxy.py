@@ -33,16 +33,34 @@ class ProxyHandle(Protocol):
 
     async def snap(self) -> dict[str, Any]: ...
 
+    async def relay(self) -> tuple[str, dict[str, str]]:
+        """The relay's URL and the headers mitmproxy adds (its secret, the client address):
+        for the `relay` client, which measures the proxy without the pass through mitmproxy."""
+        ...
+
+
+def relay_of(addon: Any) -> tuple[str, dict[str, str]]:
+    from addon.serve._app import RELAY_SECRET_HEADER
+    from addon.serve._ratelimit import CLIENT_ADDRESS_HEADER
+
+    host, port = addon.relay_address
+    headers = {RELAY_SECRET_HEADER: addon.runtime.secret, CLIENT_ADDRESS_HEADER: "127.0.0.1"}
+    return f"http://{host}:{port}", headers
+
 
 @dataclass
 class _InProcess:
     url: str
     log: RequestLog
+    addon: Any
     separate_process: bool = False
     loop: str = "in-process"
 
     async def snap(self) -> dict[str, Any]:
         return snapshot(self.log)
+
+    async def relay(self) -> tuple[str, dict[str, str]]:
+        return relay_of(self.addon)
 
 
 @dataclass
@@ -68,6 +86,13 @@ class _Child:
         await self.proc.stdin.drain()
         result: dict[str, Any] = json.loads(await self._line())
         return result
+
+    async def relay(self) -> tuple[str, dict[str, str]]:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"relay\n")
+        await self.proc.stdin.drain()
+        answer = json.loads((await self._line()).removeprefix("RELAY "))
+        return answer["url"], answer["headers"]
 
 
 @contextlib.asynccontextmanager
@@ -95,7 +120,7 @@ async def start_proxy(
         )
         try:
             async with running_proxy(kimi_base_url, workdir, verify=verify, **options) as p:  # type: ignore[arg-type]
-                yield _InProcess(url=p.url, log=log)
+                yield _InProcess(url=p.url, log=log, addon=p.addon)
         finally:
             log.remove()
         return

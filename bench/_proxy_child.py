@@ -22,6 +22,7 @@ from pathlib import Path
 from addon.process._loop import LOOP_ENV, loop_factory, loop_name
 
 from ._probe import RequestLog, snapshot
+from ._proxy import relay_of
 from ._stats import raise_fd_limit
 
 
@@ -47,6 +48,11 @@ async def serve(args: argparse.Namespace) -> None:
             line = (await reader.readline()).decode().strip()
             if line == "snap":
                 _say(json.dumps(snapshot(log)))
+            elif line == "relay":
+                # the relay's own secret (a random per-process value, never a Kimi token),
+                # for the benchmark's `relay` client on this machine
+                url, headers = relay_of(p.addon)
+                _say("RELAY " + json.dumps({"url": url, "headers": headers}))
             elif line in ("quit", ""):
                 break
     _say("STOPPED")

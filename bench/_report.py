@@ -73,7 +73,7 @@ def markdown(result: dict[str, Any]) -> str:
         "|---:|---:|---|---|---:|---|---|---|---|---|---|---|---|---|",
     ]
     for level in result["levels"]:
-        for kind in ("limit", "sdk", "raw"):
+        for kind in ("limit", "sdk", "raw", "relay"):
             res = level["results"].get(kind)
             if res is None:
                 continue
@@ -137,7 +137,7 @@ def plot(result: dict[str, Any], path: Path) -> str:
     except ImportError:
         return "matplotlib is not installed: no plot written"
     fig, ax = plt.subplots(figsize=(6, 4))
-    for kind in ("limit", "sdk", "raw"):
+    for kind in ("limit", "sdk", "raw", "relay"):
         xs, p50, p95 = [], [], []
         for level in result["levels"]:
             res = level["results"].get(kind)

@@ -341,7 +341,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--profile-proxy", type=Path, help="cProfile the proxy process to FILE")
     parser.add_argument(
-        "--clients", default=",".join(KINDS), help="which of limit,sdk,raw to run (default all)"
+        "--clients",
+        default=",".join(KINDS),
+        help="which of limit,sdk,raw,relay to run (default limit,sdk,raw; relay: straight to the "
+        "relay, without the pass through mitmproxy)",
     )
     parser.add_argument(
         "--conversation-ttl",

@@ -143,7 +143,7 @@ class BrokenChat:
 
 
 class OpenPool:
-    def resolve(self, credentials: str) -> list[str]:
+    async def resolve(self, credentials: str) -> list[str]:
         return ["account"]
 
 

@@ -4,6 +4,7 @@ show (the refresh lock and cleanup claims across connections, the schema version
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 
 import pytest
@@ -161,3 +162,61 @@ def test_sql_translation():
         "d IS DISTINCT FROM %s"
     )
     assert _translate("SELECT 1 WHERE id IN ()", ()) == "SELECT 1 WHERE id IN (NULL)"
+
+
+async def hold_write_lock(pg_url):
+    import psycopg
+
+    from addon.store._pg import WRITE_LOCK
+
+    holder = await psycopg.AsyncConnection.connect(pg_url, autocommit=True)
+    await holder.execute("BEGIN")
+    await holder.execute(f"SELECT pg_advisory_xact_lock({WRITE_LOCK})")
+    return holder
+
+
+async def test_a_write_cancelled_while_it_waits_for_the_lock_leaves_nothing(store, pg_url):
+    account = await store.account_for_token("rt-pg-cancel-1", now=1.0)
+    holder = await hold_write_lock(pg_url)
+    try:
+        write = asyncio.create_task(store.count_request(account.id, now=2.0))
+        await asyncio.sleep(0.2)
+        assert not write.done()  # waiting for the advisory lock
+        write.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await write
+    finally:
+        await holder.execute("COMMIT")
+        await holder.close()
+    assert (await store.get_account(account.id)).view.requests == 0
+    await store.count_request(account.id, now=3.0)  # the store goes on
+    assert (await store.get_account(account.id)).view.requests == 1
+
+
+async def test_a_rotation_whose_caller_is_cancelled_is_still_committed(store, pg_url):
+    account = await store.account_for_token("rt-pg-cancel-2", now=1.0)
+    holder = await hold_write_lock(pg_url)
+    try:
+        rotation = asyncio.create_task(
+            store.record_rotation(
+                account.id,
+                refresh_token="rt-pg-cancel-2-rotated",
+                access_token="access-2",
+                access_expires_at=100.0,
+                now=2.0,
+            )
+        )
+        await asyncio.sleep(0.2)
+        rotation.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await rotation
+    finally:
+        await holder.execute("COMMIT")
+        await holder.close()
+    for _ in range(200):  # the shielded transaction finishes once the lock is free
+        current = await store.get_account(account.id)
+        if current.refresh_token == "rt-pg-cancel-2-rotated":
+            break
+        await asyncio.sleep(0.02)
+    assert current.refresh_token == "rt-pg-cancel-2-rotated"
+    assert current.access_token == "access-2"

@@ -83,5 +83,10 @@ class LockMethods(StoreBase):
             yield
         finally:
             renewer.cancel()
-            await asyncio.wait([renewer])  # a renewal in flight ends before the release
-            await self.release_refresh_lock(account_id, owner=owner)
+
+            async def release() -> None:
+                await asyncio.wait([renewer])  # a renewal in flight ends before the release
+                await self.release_refresh_lock(account_id, owner=owner)
+
+            # shielded: a holder cancelled here still frees the lock for the others at once
+            await asyncio.shield(release())

@@ -71,15 +71,8 @@ class _Body(httpx.AsyncByteStream):
         self._request = request
 
     async def __aiter__(self) -> AsyncIterator[bytes]:
-        content = self._response.content
-        try:
-            while True:
-                data = await content.readany()
-                if not data:
-                    return
-                yield data
-        except _FAILURES as exc:
-            raise _error(exc, self._request) from exc
+        while data := await self.read():
+            yield data
 
     async def read(self) -> bytes:
         """Everything that has arrived since the last call (waiting for at least one byte);
@@ -89,7 +82,7 @@ class _Body(httpx.AsyncByteStream):
         except _FAILURES as exc:
             raise _error(exc, self._request) from exc
 
-    def read_buffered(self) -> bytes:
+    def _read_buffered(self) -> bytes:
         try:
             return self._response.content.read_nowait()
         except _FAILURES as exc:
@@ -102,7 +95,7 @@ class _Body(httpx.AsyncByteStream):
         protocol = connection.protocol if connection is not None else None
         if protocol is None:
             await asyncio.sleep(seconds)
-            return self.read_buffered()
+            return self._read_buffered()
         protocol.pause_reading()
         try:
             await asyncio.sleep(seconds)
@@ -112,7 +105,7 @@ class _Body(httpx.AsyncByteStream):
         # step; asyncio's loop after it, hence the second turn).
         await asyncio.sleep(0)
         await asyncio.sleep(0)
-        return self.read_buffered()
+        return self._read_buffered()
 
     async def aclose(self) -> None:
         response = self._response
@@ -216,10 +209,6 @@ class BodyReader(Protocol):
         at the end of the body."""
         ...
 
-    def read_buffered(self) -> bytes:
-        """What has arrived and not been read yet, without waiting (b"" if nothing)."""
-        ...
-
     async def gather(self, seconds: float) -> bytes:
         """Wait `seconds`, then return what arrived meanwhile (b"" if nothing)."""
         ...
@@ -227,16 +216,13 @@ class BodyReader(Protocol):
 
 class _Pieces:
     """`BodyReader` over httpx's `aiter_bytes`: a recorded or compressed body, or another
-    transport. It cannot tell what is buffered, so `read_buffered` has nothing."""
+    transport. It cannot tell what is buffered, so it gathers nothing."""
 
     def __init__(self, response: httpx.Response) -> None:
         self._pieces = response.aiter_bytes().__aiter__()
 
     async def read(self) -> bytes:
         return await anext(self._pieces, b"")
-
-    def read_buffered(self) -> bytes:
-        return b""
 
     async def gather(self, seconds: float) -> bytes:
         # It cannot tell what is buffered: nothing to gather, and no reason to wait.

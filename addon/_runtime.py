@@ -25,6 +25,7 @@ from .accounts._pool import AccountPool, TokenGrant
 from .accounts._refresh import refresh_grant
 from .mitm._credentials import CredentialVault
 from .process._config import Config, ConfigError
+from .process._loop import LISTEN_BACKLOG
 from .serve._admin import add_admin_routes, usage_recorder
 from .serve._app import RELAY_SECRET_HEADER, build_app
 from .serve._body import DEFAULT_MAX_REQUEST_BYTES
@@ -245,7 +246,7 @@ class Runtime:
             max_headers=512,
         )
         await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        site = web.TCPSite(self._runner, "127.0.0.1", 0, backlog=LISTEN_BACKLOG)
         await site.start()
         server = site._server
         assert server is not None

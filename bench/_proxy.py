@@ -150,11 +150,14 @@ async def start_proxy(
     )
     child = _Child(url="", proc=proc)
     try:
-        if tree:
-            child.loop = f"asyncio ({tree.name})"
-        else:
-            child.loop = (await child._line()).removeprefix("LOOP ")
         ready = await child._line()
+        if ready.startswith("LOOP "):  # a checkout older than the LOOP line has none
+            child.loop = ready.removeprefix("LOOP ")
+            ready = await child._line()
+        else:
+            child.loop = "asyncio"
+        if tree:
+            child.loop += f" ({tree.name})"
         if not ready.startswith("READY "):
             raise RuntimeError(f"unexpected answer from the proxy process: {ready!r}")
         child.url = ready[6:]

@@ -14,7 +14,7 @@ import os
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["LOOP_ENV", "loop_factory", "loop_name"]
+__all__ = ["LISTEN_BACKLOG", "LOOP_ENV", "loop_factory", "loop_name"]
 
 #: `asyncio` forces asyncio's own loop (uvloop is used when importable otherwise)
 LOOP_ENV = "KIMI_FREE_API_LOOP"
@@ -35,22 +35,34 @@ def loop_name() -> str:
     return "uvloop" if _uvloop_base() is not None else "asyncio"
 
 
+#: the accept queue of every listening socket the loop opens (the kernel caps it at somaxconn).
+#: asyncio's default of 100 overflows when a few hundred clients connect at once: the kernel
+#: then drops their handshakes, and some of those connections end in a reset.
+LISTEN_BACKLOG = 1024
+
+
 def loop_factory(*, reuse_port: bool = False) -> Callable[[], asyncio.AbstractEventLoop]:
     """A loop factory for `asyncio.run(..., loop_factory=...)`."""
     base: type[asyncio.AbstractEventLoop] = _uvloop_base() or asyncio.SelectorEventLoop
-    if not reuse_port:
-        return base
 
-    class ReusePortLoop(base):  # type: ignore[valid-type,misc]
-        """Every TCP socket listening on a fixed port is opened with SO_REUSEPORT (mitmproxy
-        opens its own with `asyncio.start_server(handler, host, port)`, which has no way to ask
-        for it). Port 0 (the relay's ephemeral port) is left alone: with SO_REUSEPORT the
+    class ServerLoop(base):  # type: ignore[valid-type,misc]
+        """Every listening socket gets a deep accept queue (`LISTEN_BACKLOG`; mitmproxy opens
+        its own with `asyncio.start_server(handler, host, port)`, which has no way to ask for
+        one). With `reuse_port`, every TCP socket listening on a fixed port is opened with
+        SO_REUSEPORT; port 0 (the relay's ephemeral port) is left alone: with SO_REUSEPORT the
         kernel may hand two processes the same ephemeral port."""
 
         async def create_server(self, *args: Any, **kwargs: Any) -> Any:
+            if kwargs.get("sock") is None:
+                kwargs.setdefault("backlog", LISTEN_BACKLOG)
             port = kwargs.get("port", args[2] if len(args) > 2 else None)
-            if port and kwargs.get("sock") is None and kwargs.get("reuse_port") is None:
+            if (
+                reuse_port
+                and port
+                and kwargs.get("sock") is None
+                and kwargs.get("reuse_port") is None
+            ):
                 kwargs["reuse_port"] = True
             return await super().create_server(*args, **kwargs)
 
-    return ReusePortLoop
+    return ServerLoop

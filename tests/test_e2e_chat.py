@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from fixtures.fake_kimi import FakeKimi
+from fixtures.fake_kimi import FakeKimi, Fault, Scenario
 from tests.proxy_harness import running_proxy
 from tests.schema_check import assert_valid
 
@@ -219,6 +219,29 @@ async def test_shutdown_deletes_every_conversation(fake, tmp_path):
             )
         assert fake.record.live_conversations()
     assert fake.record.live_conversations() == []
+
+
+async def test_shutdown_lets_a_running_deletion_finish_instead_of_deleting_twice(fake, tmp_path):
+    """With TTL 0 the reply's end starts a cleanup pass; the proxy stops while Kimi is still
+    answering its DELETE. The pass finishes, so the final pass does not send a second one."""
+    fake.set_scenario(Scenario.of(Fault(kind="delay", match="delete", seconds=0.6)))
+    async with running_proxy(
+        fake.base_url,
+        tmp_path,
+        kimi_dialect="legacy",
+        conversation_ttl=0,
+        precreate_conversations=0,
+    ) as proxy:
+        async with client(proxy) as sdk:
+            await sdk.chat.completions.create(
+                model="kimi", messages=[{"role": "user", "content": "gone at once"}]
+            )
+        await wait_for(lambda: len(fake.record.calls("delete")) == 1)
+        # leaving the block stops the proxy while that DELETE is still being answered
+    deletes = fake.record.calls("delete")
+    assert len(deletes) == 1, [d.path for d in deletes]
+    assert fake.record.live_conversations() == []
+    assert len(fake.record.deleted_conversations()) == 1
 
 
 async def test_search_model_cites_and_annotates(fake, proxy):

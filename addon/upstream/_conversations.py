@@ -130,6 +130,10 @@ class ConversationKeeper:
         #: a cleanup pass is running in this process / one was asked for meanwhile
         self._passing = False
         self._kicked = False
+        #: the task running the cleanup pass now, if one does; shutdown lets it finish
+        self._pass_task: asyncio.Task[Any] | None = None
+        #: set by shutdown: no new passes; the periodic loop ends after its current one
+        self._closing = False
         #: who claims due deletions in the store (the pool's id: unique per process)
         self.claimer = pool.lock_owner
         #: seconds a claim on a due deletion lasts (a crashed claimer's rows come back)
@@ -315,19 +319,21 @@ class ConversationKeeper:
         At most one pass runs per process: with `--conversation-ttl 0` every finished reply
         asks for one, and overlapping passes would pile up DELETEs."""
         self._kicked = True
-        if not self._passing:
+        if not self._passing and not self._closing:
             self._spawn(self._pass())
 
     async def _pass(self) -> None:
         if self._passing:
             return
         self._passing = True
+        self._pass_task = asyncio.current_task()
         try:
             while self._kicked:
                 self._kicked = False
                 await self.delete_due()
         finally:
             self._passing = False
+            self._pass_task = None
 
     async def delete_due(self, *, everything: bool = False) -> None:
         """Delete every conversation whose time has come (all of them with `everything`), up
@@ -407,17 +413,28 @@ class ConversationKeeper:
             except Exception as exc:
                 log.warning("cleanup pass failed: %s", type(exc).__name__)
             passes += 1
+            if self._closing:
+                return
             await asyncio.sleep(self.tick)
 
     async def shutdown(self, timeout: float = 10.0) -> None:
-        """Delete every conversation we still hold (spares included), within `timeout`."""
-        if self._loop_task is not None:
+        """Delete every conversation we still hold (spares included), within `timeout`.
+
+        A cleanup pass that is running is left to finish, not cancelled: cut short between a
+        DELETE that Kimi carried out and its `mark_deleted`, it would leave the conversation
+        claimed by us, and the final pass below would delete it a second time (a 404)."""
+        self._closing = True
+        running = self._pass_task
+        if self._loop_task is not None and self._loop_task is not running:
             self._loop_task.cancel()
         for task in list(self._tasks):
-            task.cancel()
+            if task is not running:
+                task.cancel()
         self._spare.clear()
         try:
             async with asyncio.timeout(timeout):
+                if running is not None and not running.done():
+                    await asyncio.wait({running})
                 await self.delete_due(everything=True)
         except TimeoutError:
             log.warning("shutdown: some Kimi conversations are left for the next start to delete")

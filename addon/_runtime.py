@@ -116,11 +116,13 @@ class Runtime:
         s = self.settings
         timeout = httpx.Timeout(connect=10.0, read=s.stall_timeout, write=30.0, pool=30.0)
         limits = httpx.Limits(max_connections=1000, max_keepalive_connections=100)
+        transport: AiohttpTransport | None = None
         if s.http_client == "aiohttp":
             # aiohttp's client under httpx's: HTTP/1.1 parsed in C, a pool per host; about half
             # the CPU of httpcore per streamed chunk (addon/upstream/_aiohttp_transport.py).
+            transport = AiohttpTransport(verify=_tls_context(s.verify), max_connections=1000)
             self.client = httpx.AsyncClient(
-                transport=AiohttpTransport(verify=_tls_context(s.verify), max_connections=1000),
+                transport=transport,
                 timeout=timeout,
                 follow_redirects=False,
                 trust_env=False,
@@ -136,7 +138,9 @@ class Runtime:
                 trust_env=False,
                 http2=True,
             )
-        self.kimi = kimi = KimiClient(self.client, s.kimi_base_url)
+        # Kimi calls go straight to aiohttp's transport (`KimiClient._dispatch`); httpx's own
+        # stack (HTTP/2) goes through the client.
+        self.kimi = kimi = KimiClient(self.client, s.kimi_base_url, transport=transport)
         kimi.observer = self.metrics
         self.store = store = await open_store(s.store_path)
 

@@ -515,7 +515,8 @@ class KimiProxy:
             runtime = self.runtime
             if runtime is None:
                 raise RuntimeError("the addon is not running")
-            await asyncio.wait_for(runtime.ready.wait(), 30)
+            if not runtime.ready.is_set():  # only the first requests after start wait
+                await asyncio.wait_for(runtime.ready.wait(), 30)
             assert self.relay_address is not None
             self._hold_token_body(flow)
             host, port = self.relay_address

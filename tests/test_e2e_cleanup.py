@@ -82,3 +82,54 @@ async def test_fifty_concurrent_chats_with_ttl_0_delete_each_conversation_once(t
         assert proxy.addon.runtime.store is not None
         left = await proxy.addon.runtime.store.due_deletions(float("inf"))
         assert {p.conversation_id for p in left}.isdisjoint(chats)
+
+
+async def test_ttl_0_keeps_no_exchange_and_a_pass_claims_once_unless_its_batch_is_full(tmp_path):
+    async with (
+        FakeKimi(dialect_routes="legacy") as fake,
+        running_proxy(fake.base_url, tmp_path, kimi_dialect="legacy", conversation_ttl=0) as proxy,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        assert proxy.addon.runtime is not None
+        keeper = proxy.addon.runtime.keeper
+        assert keeper is not None
+        store = keeper.store
+        resp = await http.post(
+            proxy.url + "/v1/chat/completions",
+            json={"model": "kimi", "messages": [{"role": "user", "content": "once"}]},
+            headers={"authorization": f"Bearer {TOKEN}"},
+        )
+        assert resp.status_code == 200, resp.text
+        assert_valid("openai.response", resp.json())
+        (chat,) = {r.path.split("/")[3] for r in fake.record.calls("completion")}
+
+        async def deleted() -> None:
+            while fake.record.conversations[chat].deleted_at is None:
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(deleted(), 10)
+        # The conversation is gone at once: an exchange saved for it could never be continued.
+        assert await store._read("SELECT key FROM exchanges") == []
+
+        # Five conversations due now, two per claim: full, full, short. The short claim ends
+        # the pass; a pass that claimed again after it would make four.
+        (account,) = await store.list_accounts()
+        for n in range(5):
+            await store.schedule_deletion(
+                account.id, f"gone-{n}", dialect="legacy", due_at=keeper.clock() - 1
+            )
+        claims = 0
+        claim = store.claim_due_deletions
+
+        async def counting(*args: object, **kwargs: object) -> object:
+            nonlocal claims
+            claims += 1
+            return await claim(*args, **kwargs)  # type: ignore[arg-type]
+
+        store.claim_due_deletions = counting  # type: ignore[method-assign]
+        keeper.claim_batch = 2
+        deleted_before = keeper.deleted
+        await keeper.delete_due()
+        assert claims == 3
+        assert keeper.deleted - deleted_before == 5  # unknown to the fake: a 404 counts as gone
+        assert await store.due_deletions(keeper.clock()) == []

@@ -138,6 +138,8 @@ class ConversationKeeper:
         self.claimer = pool.lock_owner
         #: seconds a claim on a due deletion lasts (a crashed claimer's rows come back)
         self.claim_ttl = 120.0
+        #: the most due deletions one claim takes (a pass claims again only after a full one)
+        self.claim_batch = 200
         self.deleted = 0
         self.delete_failures = 0
 
@@ -221,6 +223,9 @@ class ConversationKeeper:
         conversation_id: str,
         parent_id: str,
     ) -> None:
+        if self.ttl <= 0:
+            # The conversation is deleted as soon as this reply ends: nothing can continue it.
+            return
         history = (*messages, Message(role="assistant", text=answer))
         await self.store.save_exchange(
             exchange_key(history),
@@ -337,9 +342,9 @@ class ConversationKeeper:
 
     async def delete_due(self, *, everything: bool = False) -> None:
         """Delete every conversation whose time has come (all of them with `everything`), up
-        to 16 at a time. Each is claimed in the store before its DELETE, so no other pass or
-        process sharing the store deletes it too. A failed deletion is rescheduled with
-        backoff and not retried within the same pass."""
+        to 16 at a time and `claim_batch` per claim. Each is claimed in the store before its
+        DELETE, so no other pass or process sharing the store deletes it too. A failed
+        deletion is rescheduled with backoff and not retried within the same pass."""
         tried: set[str] = set()
         slots = asyncio.Semaphore(16)
 
@@ -349,22 +354,24 @@ class ConversationKeeper:
                     pending.account_id, pending.conversation_id, pending.dialect, pending.attempts
                 )
 
+        limit = self.claim_batch
         while True:
-            batch = [
-                p
-                for p in await self.store.claim_due_deletions(
-                    self.clock(),
-                    owner=self.claimer,
-                    claim_ttl=self.claim_ttl,
-                    due_by=float("inf") if everything else None,
-                    limit=200,
-                )
-                if p.conversation_id not in tried
-            ]
-            if not batch:
-                return
+            claimed = await self.store.claim_due_deletions(
+                self.clock(),
+                owner=self.claimer,
+                claim_ttl=self.claim_ttl,
+                due_by=float("inf") if everything else None,
+                limit=limit,
+            )
+            batch = [p for p in claimed if p.conversation_id not in tried]
             tried.update(p.conversation_id for p in batch)
             await asyncio.gather(*(delete(p) for p in batch))
+            # A short batch was everything due. What falls due meanwhile asks for a pass of
+            # its own (`_kick`) or waits for the next tick: one claim per pass, not two. At
+            # shutdown a failed deletion is due again at once, so that pass goes on until only
+            # tried ones are left.
+            if not batch or (len(claimed) < limit and not everything):
+                return
 
     async def _delete(
         self, account_id: str, conversation_id: str, dialect_name: str | None, attempts: int

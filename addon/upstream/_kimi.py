@@ -160,10 +160,15 @@ class KimiClient:
         client: httpx.AsyncClient,
         base_url: str,
         *,
+        transport: httpx.AsyncBaseTransport | None = None,
         identity: SessionIdentity | None = None,
         timezone: str = "Asia/Shanghai",
     ) -> None:
         self.client = client
+        #: the client's transport, called directly (see `_dispatch`); None: `client.send`
+        self.transport = transport
+        self._default_headers = {name.lower(): value for name, value in client.headers.items()}
+        self._timeouts = client.timeout.as_dict()
         self.base_url = base_url.rstrip("/")
         self.identity = identity or SessionIdentity()
         self.timezone = timezone
@@ -216,7 +221,37 @@ class KimiClient:
             kwargs["content"] = call.content
         elif call.json is not None:
             kwargs["json"] = call.json
-        return self.client.build_request(call.method, self.base_url + call.path, **kwargs)
+        if self.transport is None:
+            return self.client.build_request(call.method, self.base_url + call.path, **kwargs)
+        # What `build_request` would add, without its merging of URL, params and headers:
+        # the client's default headers under ours, its timeouts, and any cookies it holds.
+        kwargs["headers"] = {**self._default_headers, **headers}
+        request = httpx.Request(
+            call.method,
+            self.base_url + call.path,
+            extensions={"timeout": self._timeouts},
+            **kwargs,
+        )
+        if self.client.cookies:
+            httpx.Cookies(self.client.cookies).set_cookie_header(request)
+        return request
+
+    async def _dispatch(self, request: httpx.Request, *, stream: bool) -> httpx.Response:
+        """`client.send(request, stream=stream)`, straight to the transport when there is one:
+        no auth or redirect machinery (neither is used) on every Kimi call."""
+        transport = self.transport
+        if transport is None:
+            return await self.client.send(request, stream=stream)
+        response = await transport.handle_async_request(request)
+        response.request = request
+        if "set-cookie" in response.headers:
+            self.client.cookies.extract_cookies(response)
+        if not stream:
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+        return response
 
     async def send(
         self,
@@ -248,11 +283,11 @@ class KimiClient:
         observer = self.observer
         if observer is None:
             with map_transport_errors(f"{call.method} {call.path}"):
-                return await self.client.send(request)
+                return await self._dispatch(request, stream=False)
         observer.upstream_call(streaming=False)
         try:
             with map_transport_errors(f"{call.method} {call.path}"):
-                response = await self.client.send(request)
+                response = await self._dispatch(request, stream=False)
         except RemoteProtocolError as exc:
             observer.upstream_error(exc.code)
             raise
@@ -282,7 +317,7 @@ class KimiClient:
             observer.upstream_call(streaming=True)
         try:
             with map_transport_errors(f"{call.method} {call.path}"):
-                response = await self.client.send(request, stream=True)
+                response = await self._dispatch(request, stream=True)
         except RemoteProtocolError as exc:
             if observer is not None:
                 observer.upstream_error(exc.code)

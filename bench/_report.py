@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
+import statistics
 from pathlib import Path
 from typing import Any
 
-__all__ = ["add_ratios", "markdown", "plot", "write_results"]
+__all__ = ["add_ratios", "markdown", "paired_ratios", "plot", "write_results"]
 
 
 def _ratio(value: float, limit: float) -> float | None:
@@ -36,6 +37,47 @@ def add_ratios(level: dict[str, Any]) -> None:
         ratios["peak_rss_mb"] = _ratio(res["peak_rss_mb"]["total"], limit["peak_rss_mb"]["total"])
         res["ratio_to_limit"] = ratios
         res["ttft_p50_over_limit_ms"] = round(res["ttft_ms"]["p50"] - limit["ttft_ms"]["p50"], 3)
+
+
+def paired_ratios(result: dict[str, Any]) -> list[dict[str, Any]]:
+    """Proxy CPU per completion of each variant over the `baseline` variant's, pair by pair.
+
+    `--variants baseline,after,baseline,after,...` runs the phases interleaved in that order,
+    so the n-th `after` phase is compared with the n-th `baseline` phase of the same
+    concurrency, TTL and client: a drift of the machine's speed during the run (other tenants,
+    clock) then moves both sides of a pair alike. The median of the pairs is the figure.
+    """
+    phases: dict[tuple[Any, ...], dict[str, list[float]]] = {}
+    for level in result["levels"]:
+        for kind, res in level["results"].items():
+            cpu = res.get("cpu_s_per_1k", {}).get("proxy_process")
+            if kind == "limit" or cpu is None:
+                continue
+            key = (level["concurrency"], level.get("conversation_ttl"), kind)
+            phases.setdefault(key, {}).setdefault(level.get("variant", "after"), []).append(cpu)
+    rows = []
+    for (concurrency, ttl, kind), by_variant in phases.items():
+        baseline = by_variant.get("baseline", [])
+        for variant, values in by_variant.items():
+            pairs = list(zip(values, baseline, strict=False))
+            if variant == "baseline" or not pairs:
+                continue
+            ratios = [round(value / base, 3) for value, base in pairs if base]
+            if not ratios:
+                continue
+            rows.append(
+                {
+                    "concurrency": concurrency,
+                    "conversation_ttl": ttl,
+                    "client": kind,
+                    "variant": variant,
+                    "proxy_cpu_s_per_1k": [round(v, 3) for v, _ in pairs],
+                    "baseline_proxy_cpu_s_per_1k": [round(b, 3) for _, b in pairs],
+                    "ratios": ratios,
+                    "median_ratio": round(statistics.median(ratios), 3),
+                }
+            )
+    return rows
 
 
 def _cell(value: Any) -> str:
@@ -105,6 +147,23 @@ def markdown(result: dict[str, Any]) -> str:
                 f"| {_cell(res['peak_rss_mb']['total'])}{x('peak_rss_mb')} "
                 f"| {_cleanup_cell(res.get('cleanup'))} |"
             )
+    paired = result.get("paired") or []
+    if paired:
+        lines += [
+            "",
+            "Proxy CPU against the baseline, pair by pair (the n-th phase of a variant against "
+            "the n-th baseline phase; phases run in the order of `--variants`):",
+            "",
+            "| c | TTL s | client | variant | proxy CPU s/1k | baseline | ratios | median |",
+            "|---:|---:|---|---|---|---|---|---:|",
+        ]
+        for row in paired:
+            lines.append(
+                f"| {row['concurrency']} | {_ttl(row['conversation_ttl'])} | {row['client']} "
+                f"| {row['variant']} | {', '.join(map(_cell, row['proxy_cpu_s_per_1k']))} "
+                f"| {', '.join(map(_cell, row['baseline_proxy_cpu_s_per_1k']))} "
+                f"| {', '.join(map(_cell, row['ratios']))} | **{_cell(row['median_ratio'])}** |"
+            )
     if result.get("saturation"):
         lines += [
             "",
@@ -162,6 +221,7 @@ def write_results(result: dict[str, Any], out_dir: Path) -> list[Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     json_path = out_dir / "latest.json"
     md_path = out_dir / "latest.md"
+    result["paired"] = paired_ratios(result)
     note = plot(result, out_dir / "ttft_vs_concurrency.png")
     result.setdefault("notes", []).append(note)
     json_path.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench._report import markdown
+from bench._report import markdown, paired_ratios
 from bench.run import BenchConfig, run_bench
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -75,6 +75,33 @@ async def test_bench_reports_every_field(tmp_path):
     assert table.count("\n| 1 | 600 | ") == 3
     assert table.count("\n| 3 | 0 | ") == 3
     assert table.count(" | 1.00 (0, 0) |") == 8
+
+
+def _phase(variant: str, ttl: int, proxy_cpu: float) -> dict[str, object]:
+    return {
+        "concurrency": 1,
+        "conversation_ttl": ttl,
+        "variant": variant,
+        "results": {
+            "limit": {"cpu_s_per_1k": {"total": 9.0}},
+            "raw": {"cpu_s_per_1k": {"total": proxy_cpu + 9.0, "proxy_process": proxy_cpu}},
+        },
+    }
+
+
+def test_interleaved_phases_are_compared_pair_by_pair():
+    # --variants baseline,after,baseline,after,baseline,after with --conversation-ttl 0
+    cpu = {"baseline": [40.0, 30.0, 36.0], "after": [18.0, 16.5, 19.8]}
+    levels = [_phase(v, 0, cpu[v][n]) for n in range(3) for v in ("baseline", "after")]
+    levels.append(_phase("after", 600, 12.0))  # no baseline at this TTL: no pair
+    (row,) = paired_ratios({"levels": levels})
+    assert row["variant"] == "after"
+    assert row["conversation_ttl"] == 0
+    assert row["client"] == "raw"
+    # each after phase over the baseline phase run next to it, not over a mean of them all
+    assert row["ratios"] == [0.45, 0.55, 0.55]
+    assert row["median_ratio"] == 0.55
+    assert row["baseline_proxy_cpu_s_per_1k"] == [40.0, 30.0, 36.0]
 
 
 def test_micro_bodies_translate_to_valid_chunks():

@@ -518,6 +518,10 @@ def test_connect_error_reads_unary_json():
     )
     assert (err.status, err.type) == (402, "insufficient_quota")
     assert "升级" in err.message
+    # a chat the request names that this account does not have: the client's 404
+    err = connect_error(404, b'{"code": "not_found", "message": "chat not found"}')
+    assert (err.status, err.type, err.code) == (404, "invalid_request_error", "not_found")
+    assert_valid("openai.error", err.to_openai())
 
 
 @pytest.mark.parametrize(

@@ -249,6 +249,28 @@ async def test_conversation_id_continues(fake, dialect, proxy):
     assert texts(conversation)[-1].endswith("what number?")
 
 
+async def test_an_unknown_conversation_id_is_the_clients_404(fake, dialect, proxy):
+    # Made up (or deleted in the browser): Kimi does not know it, so it is not Kimi failing.
+    made_up = "d2fd3e7c-00aa-4bbb-8ccc-0123456789ab" if dialect == "connect" else "cq0madeup00"
+    async with httpx.AsyncClient(timeout=30) as http:
+        for stream in (False, True):
+            resp = await http.post(
+                proxy.url + "/v1/chat/completions",
+                json={
+                    "model": "kimi",
+                    "messages": [user("continue")],
+                    "conversation_id": made_up,
+                    "stream": stream,
+                },
+                headers={"authorization": f"Bearer {TOKEN}"},
+            )
+            assert resp.status_code == 404, resp.text
+            error = error_body(resp)
+            assert error["type"] == "invalid_request_error"
+            assert error["code"] in ("conversation_not_found", "not_found")
+    assert not fake.record.live_conversations()  # nothing created on the way
+
+
 @pytest.mark.parametrize("silent", [False, True])
 async def test_search_cites_and_annotates(fake, dialect, proxy, silent):
     model = "kimi-search-silent" if silent else "kimi-search"

@@ -330,6 +330,27 @@ async def test_errors_in_anthropic_shape(fake, dialect, proxy):
     assert not stream_calls(fake, dialect)
 
 
+async def test_unknown_routes_under_messages_answer_in_anthropic_shape(fake, dialect, proxy):
+    # Routes of the Messages API this proxy does not serve, and a wrong method on one it does.
+    async with httpx.AsyncClient() as http:
+        for method, path in (
+            ("POST", "/v1/messages/batches"),
+            ("GET", "/v1/messages/batches/msgbatch_01"),
+            ("GET", "/v1/messages"),
+            ("POST", "/messages/unknown"),
+        ):
+            resp = await http.request(method, proxy.url + path, headers={"x-api-key": TOKEN})
+            status, error = error_of((resp.status_code, None, resp.text))
+            assert (status, error["type"]) == (404, "not_found_error"), path
+            assert path in error["message"]
+        # outside the Messages API the OpenAI shape stays
+        resp = await http.get(proxy.url + "/v1/messagesx", headers={"x-api-key": TOKEN})
+        assert resp.status_code == 404
+        assert_valid("openai.error", resp.json())
+        assert resp.json()["error"]["code"] == "unknown_url"
+    assert not stream_calls(fake, dialect)
+
+
 async def test_bearer_auth_and_count_tokens(fake, dialect, proxy):
     async with anthropic.AsyncAnthropic(base_url=proxy.url, auth_token=TOKEN, max_retries=0) as sdk:
         message = await sdk.messages.create(model=MODEL, max_tokens=8, messages=[user("bearer")])

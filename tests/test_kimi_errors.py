@@ -32,6 +32,8 @@ from translator.legacy._errors import error_for_type, is_moderation, kimi_error,
         (None, 402, (402, "insufficient_quota", "insufficient_quota")),
         (None, 403, (403, "permission_error", "upstream_forbidden")),
         ("chat.forbidden", 200, (400, "invalid_request_error", "content_filter")),
+        ("chat.not_found", 404, (404, "invalid_request_error", "conversation_not_found")),
+        (None, 404, (502, "upstream_error", "upstream_error")),  # a route Kimi no longer has
         ("something.new", 200, (502, "upstream_error", "upstream_error")),
         (None, 500, (502, "upstream_error", "upstream_error")),
         (None, 503, (502, "upstream_error", "upstream_error")),

@@ -31,7 +31,7 @@ from translator import LocalProtocolError, TranslatorError
 from translator.chat._models import model_list
 
 from ._body import DEFAULT_MAX_REQUEST_BYTES, read_json
-from ._messages import add_messages_routes
+from ._messages import add_messages_routes, anthropic_error_response
 from ._metrics import Metrics, RequestRecord, endpoint_of
 from ._openapi import openapi_bytes
 from ._ratelimit import CLIENT_ADDRESS_HEADER, RateLimiter
@@ -68,6 +68,14 @@ STATS = web.RequestKey("kimi_free_api_stats", ChatStats)
 def _openai_error(status: int, message: str, *, type_: str, code: str | None) -> web.Response:
     error = TranslatorError(message, status=status, type=type_, code=code)
     return error_response(error)
+
+
+def _is_messages_path(path: str) -> bool:
+    """Under the Anthropic Messages API: /v1/messages, /messages and anything below them."""
+    for prefix in ("/v1/messages", "/messages"):
+        if path == prefix or path.startswith(prefix + "/"):
+            return True
+    return False
 
 
 def _bearer(request: web.Request) -> str:
@@ -306,14 +314,19 @@ def build_app(
         return json_response({"object": "list", "data": await pool.describe()})
 
     async def not_found(request: web.Request) -> web.StreamResponse:
-        return _openai_error(
-            404,
+        error = TranslatorError(
             f"Unknown request URL: {request.method} {request.path}. "
             "This proxy serves /v1/chat/completions, /v1/responses, /v1/messages, /v1/models, "
             "/token/check and /ping.",
-            type_="invalid_request_error",
+            status=404,
+            type="invalid_request_error",
             code="unknown_url",
         )
+        if _is_messages_path(request.path):
+            # An Anthropic client (a route of the Messages API we do not serve, such as
+            # batches, or the wrong method) gets Anthropic's error shape: not_found_error.
+            return anthropic_error_response(error)
+        return error_response(error)
 
     app = web.Application(middlewares=[guard], client_max_size=max_request_bytes)
     for prefix in ("/v1", ""):

@@ -62,6 +62,9 @@ _CODE_MAP: Final[Mapping[str, tuple[int, str]]] = {
     # Kimi uses permission_denied for expired/foreign tokens; the fix is the same: new token.
     "permission_denied": (401, "authentication_error"),
     "resource_exhausted": (429, "rate_limit_error"),
+    # The chat (or file) the request names does not exist for this account: the client named
+    # it (a made-up or deleted `conversation_id`), so it is the client's 404, not Kimi failing.
+    "not_found": (404, "invalid_request_error"),
     "unavailable": (503, "server_error"),
     "deadline_exceeded": (503, "server_error"),
 }

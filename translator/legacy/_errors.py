@@ -11,6 +11,7 @@ mapping, by error type first and HTTP status second:
     openai.completion.token_length_too_long  → 400 invalid_request_error  context_length_exceeded
     a paywall/quota type, or HTTP 402        → 402 insufficient_quota     insufficient_quota
     openai.completion.stream (overload)      → 503 upstream_error         upstream_overloaded
+    chat.not_found                           → 404 invalid_request_error  conversation_not_found
     a moderation type (see `is_moderation`)  → 400 invalid_request_error  content_filter
     anything else (5xx, unknown types)       → 502 upstream_error         upstream_error
 
@@ -66,6 +67,9 @@ def error_for_type(
         return make(400, "invalid_request_error", "context_length_exceeded")
     if kind == "openai.completion.stream":
         return make(503, "upstream_error", "upstream_overloaded")
+    if kind == "chat.not_found":
+        # The conversation the request names is unknown or deleted: the client's 404.
+        return make(404, "invalid_request_error", "conversation_not_found")
     if any(hint in kind for hint in _PAYWALL_HINTS) or status == 402:
         return make(402, "insufficient_quota", "insufficient_quota")
     if any(hint in kind for hint in _RATE_HINTS) or status == 429:

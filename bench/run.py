@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import os
 import platform
@@ -92,6 +93,10 @@ class BenchConfig:
     saturation_workers: tuple[int, ...] = ()
     saturation_concurrency: int = 100
     saturation_completions: int = 600
+    #: > 0: the variants' proxies run side by side (one per variant, all started before the
+    #: first phase) and their phases alternate this many times per level, so a pair of phases
+    #: lies seconds apart (docs/benchmarks.md, "Fourth round")
+    rounds: int = 0
 
 
 def machine() -> dict[str, Any]:
@@ -156,8 +161,13 @@ async def run_bench(cfg: BenchConfig, *, workdir: Path | None = None) -> dict[st
         )
         await fake.start()
         try:
+            if cfg.rounds > 0:
+                for index, ttl in enumerate(cfg.conversation_ttls):
+                    base = root / f"rounds-{index}"
+                    base.mkdir()
+                    await _alternating_run(cfg, fake, base, (ttl, index), started, result)
             runs = [(v, ttl) for v in cfg.proxy_variants for ttl in cfg.conversation_ttls]
-            for index, (variant, ttl) in enumerate(runs):
+            for index, (variant, ttl) in enumerate(runs if cfg.rounds <= 0 else []):
                 base = root / f"run-{index}"
                 base.mkdir()
                 prefix = "bench" if index == 0 else f"bench-run{index}"
@@ -249,6 +259,83 @@ async def _one_run(
     for phase, used in env.used:
         phase["cleanup"] = count_deletes(requests, used, phase["completions"], live)
     return len(live - before)
+
+
+async def _alternating_run(
+    cfg: BenchConfig,
+    fake: FakeKimi,
+    base: Path,
+    run: tuple[int, int],
+    started: float,
+    result: dict[str, Any],
+) -> None:
+    """`--rounds K`: one proxy per variant, all running at once, and at each level K rounds of
+    one phase per variant in turn. Each phase is a level of its own (variant, round), so the
+    report pairs the n-th phase of a variant with the n-th of the baseline, seconds apart."""
+    ttl, run_index = run
+    _set_rtt(fake, cfg.rtt)
+    client_tls = ssl.create_default_context(cafile=fake.ca_cert_path) if fake.ca_cert_path else None
+    async with contextlib.AsyncExitStack() as stack:
+        sides: list[tuple[str, str, Env]] = []
+        for n, variant in enumerate(cfg.proxy_variants):
+            loop, extra = VARIANTS[variant]
+            workdir = base / f"{n}-{variant}"
+            workdir.mkdir()
+            proxy = await stack.enter_async_context(
+                start_proxy(
+                    mode=cfg.proxy_mode,
+                    kimi_base_url=fake.base_url,
+                    ca_cert=fake.ca_cert_path,
+                    workdir=workdir,
+                    options={
+                        "kimi_dialect": "legacy",
+                        "max_account_concurrency": cfg.max_account_concurrency,
+                        "precreate_conversations": cfg.precreate_conversations,
+                        "conversation_ttl": ttl,
+                        **extra,
+                    },
+                    loop=loop,
+                    tree=cfg.baseline_tree if variant == "baseline" else None,
+                )
+            )
+            env = Env(
+                fake=fake,
+                proxy=proxy,
+                client_tls=client_tls,
+                prompt=cfg.prompt,
+                rtt=cfg.rtt,
+                deadline=started + cfg.max_seconds,
+                token_prefix=f"bench-rounds{run_index}-{n}",
+            )
+            sides.append((variant, proxy.loop, env))
+        try:
+            for concurrency in cfg.concurrency:
+                n = cfg.completions or default_completions(concurrency)
+                for _ in range(cfg.rounds):
+                    for variant, loop_name, env in sides:
+                        level: dict[str, Any] = {
+                            "concurrency": concurrency,
+                            "conversation_ttl": ttl,
+                            "variant": variant,
+                            "proxy_loop": loop_name,
+                            "results": {},
+                        }
+                        result["levels"].append(level)
+                        for kind in cfg.kinds:
+                            level["results"][kind] = await run_phase(env, kind, concurrency, n)
+                            _progress(level["results"][kind])
+                        add_ratios(level["results"])
+        except TimeoutError:
+            result["notes"].append(f"--rounds stopped: --max-seconds ({cfg.max_seconds:.0f} s)")
+        finally:
+            _set_rtt(fake, 0.0)
+            for _, _, env in sides:
+                await delete_limit_conversations(env)
+    requests = fake.record.requests
+    live = {c.id for c in fake.record.live_conversations()}
+    for _, _, env in sides:
+        for phase, used in env.used:
+            phase["cleanup"] = count_deletes(requests, used, phase["completions"], live)
 
 
 async def _levels(cfg: BenchConfig, env: Env, result: dict[str, Any], ttl: int) -> None:
@@ -379,6 +466,14 @@ def main(argv: list[str] | None = None) -> int:
         "events, so its length sets the events per answer",
     )
     parser.add_argument(
+        "--rounds",
+        type=int,
+        default=0,
+        help="run the --variants' proxies side by side and alternate their phases this many "
+        "times per level (pairs seconds apart; the report gives each pair's ratio to the "
+        "baseline and their median), e.g. --variants baseline,after --rounds 10",
+    )
+    parser.add_argument(
         "--saturation-concurrency", type=int, default=100, help="open streams for --workers"
     )
     parser.add_argument(
@@ -407,6 +502,7 @@ def main(argv: list[str] | None = None) -> int:
         saturation_workers=tuple(int(x) for x in args.workers.split(",") if x.strip()),
         saturation_concurrency=args.saturation_concurrency,
         saturation_completions=args.saturation_completions,
+        rounds=args.rounds,
     )
     result = asyncio.run(run_bench(cfg, workdir=args.workdir))
     paths = write_results(result, args.out)

@@ -157,3 +157,40 @@ async def test_saturation_runs_the_command_with_two_workers(tmp_path):
         assert row["proxy_cpu_s_per_1k"] > 0
         assert row["exit_status"] == 0  # SIGTERM: both workers stopped the orderly way
         assert fake.record.live_conversations() == []
+
+
+async def test_rounds_alternate_the_variants_proxies_side_by_side(tmp_path):
+    cfg = BenchConfig(
+        concurrency=(1,),
+        completions=2,
+        rtt=0.005,
+        token_rate=1000.0,
+        max_seconds=100.0,
+        kinds=("raw",),
+        conversation_ttls=(0,),
+        proxy_variants=("after", "unbatched"),
+        rounds=2,
+    )
+    result = await run_bench(cfg, workdir=tmp_path)
+
+    assert [level["variant"] for level in result["levels"]] == [
+        "after",
+        "unbatched",
+        "after",
+        "unbatched",
+    ]
+    for level in result["levels"]:
+        raw = level["results"]["raw"]
+        assert raw["ok"] == 2, raw["errors"]
+        assert raw["cpu_s_per_1k"]["proxy_process"] > 0
+        # each phase's conversations deleted once, though both proxies shared the fake
+        assert raw["cleanup"]["conversations"] == 2
+        assert raw["cleanup"]["deletes_per_conversation"] == 1.0
+    # the unbatched proxy writes each event as it comes: more chunks than the gathering one
+    chunks = {
+        level["variant"]: level["results"]["raw"]["chunks_per_completion"]
+        for level in result["levels"]
+    }
+    assert chunks["unbatched"] > chunks["after"]
+    assert result["conversations_left_behind"] == 0
+    assert not any("max-seconds" in note for note in result["notes"])

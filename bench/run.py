@@ -27,7 +27,7 @@ from fixtures.fake_kimi import FakeKimi
 
 from ._deletes import count_deletes
 from ._phases import Env, delete_limit_conversations, run_phase
-from ._proxy import start_proxy
+from ._proxy import ProxyHandle, start_proxy
 from ._report import add_ratios, markdown, write_results
 from ._saturation import run_saturation
 from ._stats import raise_fd_limit
@@ -201,6 +201,59 @@ async def run_bench(cfg: BenchConfig, *, workdir: Path | None = None) -> dict[st
     return result
 
 
+def _start(
+    cfg: BenchConfig,
+    fake: FakeKimi,
+    workdir: Path,
+    run: tuple[str, int],
+    profile: Path | None = None,
+) -> contextlib.AbstractAsyncContextManager[ProxyHandle]:
+    """A proxy under test: `run` is its variant and conversation TTL."""
+    variant, ttl = run
+    loop, extra = VARIANTS[variant]
+    return start_proxy(
+        mode=cfg.proxy_mode,
+        kimi_base_url=fake.base_url,
+        ca_cert=fake.ca_cert_path,
+        workdir=workdir,
+        options={
+            "kimi_dialect": "legacy",
+            "max_account_concurrency": cfg.max_account_concurrency,
+            "precreate_conversations": cfg.precreate_conversations,
+            "conversation_ttl": ttl,
+            **extra,
+        },
+        profile=profile,
+        loop=loop,
+        tree=cfg.baseline_tree if variant == "baseline" else None,
+    )
+
+
+def _env(
+    cfg: BenchConfig, fake: FakeKimi, proxy: ProxyHandle, started: float, prefix: str
+) -> Env:
+    client_tls = ssl.create_default_context(cafile=fake.ca_cert_path) if fake.ca_cert_path else None
+    return Env(
+        fake=fake,
+        proxy=proxy,
+        client_tls=client_tls,
+        prompt=cfg.prompt,
+        rtt=cfg.rtt,
+        deadline=started + cfg.max_seconds,
+        token_prefix=prefix,
+    )
+
+
+def _count_cleanup(fake: FakeKimi, envs: list[Env]) -> set[str]:
+    """With the proxies stopped: each phase's deletions. Returns the live conversations."""
+    requests = fake.record.requests
+    live = {c.id for c in fake.record.live_conversations()}
+    for env in envs:
+        for phase, used in env.used:
+            phase["cleanup"] = count_deletes(requests, used, phase["completions"], live)
+    return live
+
+
 async def _one_run(
     cfg: BenchConfig,
     fake: FakeKimi,
@@ -213,39 +266,13 @@ async def _one_run(
     its own refresh tokens (`run`: variant, TTL, token prefix); then, with the proxy stopped,
     each phase's deletions. Returns the conversations left behind on the fake."""
     variant, ttl, prefix = run
-    loop, extra = VARIANTS[variant]
     _set_rtt(fake, cfg.rtt)
-    client_tls = ssl.create_default_context(cafile=fake.ca_cert_path) if fake.ca_cert_path else None
-    options = {
-        "kimi_dialect": "legacy",
-        "max_account_concurrency": cfg.max_account_concurrency,
-        "precreate_conversations": cfg.precreate_conversations,
-        "conversation_ttl": ttl,
-        **extra,
-    }
     profile = cfg.profile_proxy
     if profile is not None and len(cfg.conversation_ttls) * len(cfg.proxy_variants) > 1:
         profile = profile.with_name(f"{profile.stem}-{variant}-ttl{ttl}{profile.suffix}")
     before = {c.id for c in fake.record.live_conversations()}
-    async with start_proxy(
-        mode=cfg.proxy_mode,
-        kimi_base_url=fake.base_url,
-        ca_cert=fake.ca_cert_path,
-        workdir=base,
-        options=options,
-        profile=profile,
-        loop=loop,
-        tree=cfg.baseline_tree if variant == "baseline" else None,
-    ) as proxy:
-        env = Env(
-            fake=fake,
-            proxy=proxy,
-            client_tls=client_tls,
-            prompt=cfg.prompt,
-            rtt=cfg.rtt,
-            deadline=started + cfg.max_seconds,
-            token_prefix=prefix,
-        )
+    async with _start(cfg, fake, base, (variant, ttl), profile) as proxy:
+        env = _env(cfg, fake, proxy, started, prefix)
         try:
             await _levels(cfg, env, result, ttl)
             for level in result["levels"]:
@@ -254,11 +281,7 @@ async def _one_run(
         finally:
             _set_rtt(fake, 0.0)
             await delete_limit_conversations(env)
-    requests = fake.record.requests
-    live = {c.id for c in fake.record.live_conversations()}
-    for phase, used in env.used:
-        phase["cleanup"] = count_deletes(requests, used, phase["completions"], live)
-    return len(live - before)
+    return len(_count_cleanup(fake, [env]) - before)
 
 
 async def _alternating_run(
@@ -274,39 +297,13 @@ async def _alternating_run(
     report pairs the n-th phase of a variant with the n-th of the baseline, seconds apart."""
     ttl, run_index = run
     _set_rtt(fake, cfg.rtt)
-    client_tls = ssl.create_default_context(cafile=fake.ca_cert_path) if fake.ca_cert_path else None
     async with contextlib.AsyncExitStack() as stack:
         sides: list[tuple[str, str, Env]] = []
-        for n, variant in enumerate(cfg.proxy_variants):
-            loop, extra = VARIANTS[variant]
-            workdir = base / f"{n}-{variant}"
+        for side, variant in enumerate(cfg.proxy_variants):
+            workdir = base / f"{side}-{variant}"
             workdir.mkdir()
-            proxy = await stack.enter_async_context(
-                start_proxy(
-                    mode=cfg.proxy_mode,
-                    kimi_base_url=fake.base_url,
-                    ca_cert=fake.ca_cert_path,
-                    workdir=workdir,
-                    options={
-                        "kimi_dialect": "legacy",
-                        "max_account_concurrency": cfg.max_account_concurrency,
-                        "precreate_conversations": cfg.precreate_conversations,
-                        "conversation_ttl": ttl,
-                        **extra,
-                    },
-                    loop=loop,
-                    tree=cfg.baseline_tree if variant == "baseline" else None,
-                )
-            )
-            env = Env(
-                fake=fake,
-                proxy=proxy,
-                client_tls=client_tls,
-                prompt=cfg.prompt,
-                rtt=cfg.rtt,
-                deadline=started + cfg.max_seconds,
-                token_prefix=f"bench-rounds{run_index}-{n}",
-            )
+            proxy = await stack.enter_async_context(_start(cfg, fake, workdir, (variant, ttl)))
+            env = _env(cfg, fake, proxy, started, f"bench-rounds{run_index}-{side}")
             sides.append((variant, proxy.loop, env))
         try:
             for concurrency in cfg.concurrency:
@@ -331,11 +328,7 @@ async def _alternating_run(
             _set_rtt(fake, 0.0)
             for _, _, env in sides:
                 await delete_limit_conversations(env)
-    requests = fake.record.requests
-    live = {c.id for c in fake.record.live_conversations()}
-    for _, _, env in sides:
-        for phase, used in env.used:
-            phase["cleanup"] = count_deletes(requests, used, phase["completions"], live)
+    _count_cleanup(fake, [env for _, _, env in sides])
 
 
 async def _levels(cfg: BenchConfig, env: Env, result: dict[str, Any], ttl: int) -> None:

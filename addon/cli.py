@@ -175,9 +175,9 @@ def listen_modes(args: argparse.Namespace, base_url: str) -> list[str]:
 
 async def serve(args: argparse.Namespace, *, demo: bool = False) -> None:
     from mitmproxy import options
-    from mitmproxy.tools.dump import DumpMaster
 
     from .kimi_proxy import KimiProxy
+    from .process._master import proxy_master
 
     fake = None
     base_url = args.kimi_base_url
@@ -193,7 +193,7 @@ async def serve(args: argparse.Namespace, *, demo: bool = False) -> None:
         store = str(Path(tempfile.mkdtemp(prefix="kimi-free-api-demo-")) / "accounts.sqlite3")
     modes = listen_modes(args, base_url)
     opts = options.Options(listen_host=args.host, mode=modes)
-    master = DumpMaster(opts, with_termlog=True, with_dumper=False)
+    master = proxy_master(opts)
     if args.log_format == "json":
         from .process._logging import use_json_logs
 

@@ -222,8 +222,9 @@ async def test_shutdown_deletes_every_conversation(fake, tmp_path):
 
 
 async def test_shutdown_lets_a_running_deletion_finish_instead_of_deleting_twice(fake, tmp_path):
-    """With TTL 0 the reply's end starts a cleanup pass; the proxy stops while Kimi is still
-    answering its DELETE. The pass finishes, so the final pass does not send a second one."""
+    """With TTL 0 the reply's end starts its conversation's deletion; the proxy stops while
+    Kimi is still answering that DELETE. It finishes, so the final pass (which takes this
+    process's own claims again) does not send a second one."""
     fake.set_scenario(Scenario.of(Fault(kind="delay", match="delete", seconds=0.6)))
     async with running_proxy(
         fake.base_url,

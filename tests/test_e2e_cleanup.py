@@ -94,6 +94,18 @@ async def test_ttl_0_keeps_no_exchange_and_a_pass_claims_once_unless_its_batch_i
         keeper = proxy.addon.runtime.keeper
         assert keeper is not None
         store = keeper.store
+        claims = 0
+        claimed: list[str] = []
+        claim = store.claim_due_deletions
+
+        async def counting(*args: object, **kwargs: object) -> object:
+            nonlocal claims
+            claims += 1
+            found = await claim(*args, **kwargs)  # type: ignore[arg-type]
+            claimed.extend(p.conversation_id for p in found)
+            return found
+
+        store.claim_due_deletions = counting  # type: ignore[method-assign]
         resp = await http.post(
             proxy.url + "/v1/chat/completions",
             json={"model": "kimi", "messages": [{"role": "user", "content": "once"}]},
@@ -108,6 +120,10 @@ async def test_ttl_0_keeps_no_exchange_and_a_pass_claims_once_unless_its_batch_i
                 await asyncio.sleep(0.02)
 
         await asyncio.wait_for(deleted(), 10)
+        # The reply's end queued it claimed by this process and deleted it: no pass claimed it.
+        assert chat not in claimed
+        assert len(fake.record.calls("delete")) == 1
+        assert not await store.is_pending(chat)  # and marked deleted
         # The conversation is gone at once: an exchange saved for it could never be continued.
         assert await store._read("SELECT key FROM exchanges") == []
 
@@ -119,14 +135,6 @@ async def test_ttl_0_keeps_no_exchange_and_a_pass_claims_once_unless_its_batch_i
                 account.id, f"gone-{n}", dialect="legacy", due_at=keeper.clock() - 1
             )
         claims = 0
-        claim = store.claim_due_deletions
-
-        async def counting(*args: object, **kwargs: object) -> object:
-            nonlocal claims
-            claims += 1
-            return await claim(*args, **kwargs)  # type: ignore[arg-type]
-
-        store.claim_due_deletions = counting  # type: ignore[method-assign]
         keeper.claim_batch = 2
         deleted_before = keeper.deleted
         await keeper.delete_due()

@@ -491,6 +491,30 @@ async def test_due_deletions_are_claimed_by_one_owner_until_the_claim_runs_out(t
         await two.close()
 
 
+async def test_a_deletion_queued_claimed_is_no_other_owners_until_its_claim_runs_out(tmp_path):
+    path = tmp_path / "shared.db"
+    one, two = Store(path), Store(path)
+    try:
+        a = await one.account_for_token(T1, now=1.0)
+        await one.schedule_deletion(a.id, "c0", dialect="legacy", due_at=50.0)
+        # the reply ended at 10 (TTL 0): queued due now, held by p1, in one write
+        await one.schedule_claimed_deletion(
+            a.id, "c0", dialect="legacy", now=10.0, owner="p1", claim_ttl=60.0
+        )
+        assert [p.conversation_id for p in await one.due_deletions(10.0)] == ["c0"]
+        assert await two.claim_due_deletions(11.0, owner="p2", claim_ttl=60.0) == []
+        # p1's own final pass (shutdown) takes it again
+        assert [
+            p.conversation_id for p in await one.claim_due_deletions(12.0, owner="p1", claim_ttl=1)
+        ] == ["c0"]
+        # p1 died before its DELETE: the claim ends (at 13 now) and the row comes back
+        (back,) = await two.claim_due_deletions(14.0, owner="p2", claim_ttl=60.0)
+        assert (back.conversation_id, back.due_at, back.attempts) == ("c0", 10.0, 0)
+    finally:
+        await one.close()
+        await two.close()
+
+
 async def test_accounts_whose_token_never_worked_expire_and_are_capped(store):
     worked = await store.account_for_token(T1, now=1.0)
     await store.record_rotation(

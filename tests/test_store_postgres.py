@@ -121,6 +121,22 @@ async def test_due_deletions_are_claimed_once_across_connections(pg_url):
         await two.close()
 
 
+async def test_a_deletion_queued_claimed_is_taken_by_no_other_connection(pg_url):
+    one, two = await PgStore.connect(pg_url), await PgStore.connect(pg_url)
+    try:
+        account = await one.account_for_token("rt-pg-claims-2", now=1.0)
+        await one.schedule_deletion(account.id, "conv-x", dialect="legacy", due_at=90.0)
+        await one.schedule_claimed_deletion(
+            account.id, "conv-x", dialect="legacy", now=10.0, owner="one", claim_ttl=30
+        )
+        assert await two.claim_due_deletions(20.0, owner="two", claim_ttl=30) == []
+        (back,) = await two.claim_due_deletions(41.0, owner="two", claim_ttl=30)
+        assert (back.conversation_id, back.due_at, back.attempts) == ("conv-x", 10.0, 0)
+    finally:
+        await one.close()
+        await two.close()
+
+
 async def test_timestamps_keep_their_precision(store):
     account = await store.account_for_token("rt-pg-time-1", now=1_795_946_432.125)
     assert (await store.get_account(account.id)).view.created_at == 1_795_946_432.125

@@ -90,6 +90,28 @@ class QueueMethods(StoreBase):
                 (conversation_id, account_id, dialect, due_at),
             )
 
+    async def schedule_claimed_deletion(
+        self,
+        account_id: str,
+        conversation_id: str,
+        *,
+        dialect: str | None,
+        now: float,
+        owner: str,
+        claim_ttl: float,
+    ) -> None:
+        """Queue a conversation as due now and claimed by `owner` until `now + claim_ttl`, in
+        one write: the caller deletes it itself at once, and no cleanup pass (of this process
+        or another sharing the store) takes it meanwhile. If the caller dies first, the claim
+        runs out and the next pass deletes it."""
+        async with self._write() as db:
+            await db.execute(
+                "INSERT OR REPLACE INTO pending_deletions (conversation_id, account_id, dialect,"
+                " due_at, attempts, last_error, claimed_by, claimed_until)"
+                " VALUES (?, ?, ?, ?, 0, NULL, ?, ?)",
+                (conversation_id, account_id, dialect, now, owner, now + claim_ttl),
+            )
+
     async def due_deletions(self, now: float, *, limit: int = 50) -> list[PendingDeletion]:
         """Queued deletions whose time has come, earliest first."""
         rows = await self._read(

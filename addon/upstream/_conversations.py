@@ -9,8 +9,11 @@
 - Delete: every conversation the proxy created is deleted once it has been idle for
   `conversation_ttl` (0: as soon as the reply ends), also after errors and hang-ups, and all of
   them on shutdown. Deletions are persisted in the store before they are due, so a restart still
-  performs them. Conversations the user made in the browser are never touched: only ids the
-  store knows as ours are ever deleted.
+  performs them. One due at once (an ended reply at TTL 0, an error, a hang-up) is queued already
+  claimed by this process and deleted straight away; the rest wait for a cleanup pass, which
+  claims them first, so two passes or processes never delete one conversation twice.
+  Conversations the user made in the browser are never touched: only ids the store knows as
+  ours are ever deleted.
 """
 
 from __future__ import annotations
@@ -140,6 +143,10 @@ class ConversationKeeper:
         self.claim_ttl = 120.0
         #: the most due deletions one claim takes (a pass claims again only after a full one)
         self.claim_batch = 200
+        #: DELETE calls in flight at most, from cleanup passes and replies together
+        self._delete_slots = asyncio.Semaphore(16)
+        #: deletions of conversations whose reply just ended (TTL 0); shutdown awaits them
+        self._deleting: set[asyncio.Task[None]] = set()
         self.deleted = 0
         self.delete_failures = 0
 
@@ -303,11 +310,36 @@ class ConversationKeeper:
         if not created_here and not await self.store.is_pending(conversation_id):
             return
         delay = self.ttl if keep else 0.0
-        await self.store.schedule_deletion(
-            account.id, conversation_id, dialect=dialect.name, due_at=self.clock() + delay
+        now = self.clock()
+        if delay > 0:
+            await self.store.schedule_deletion(
+                account.id, conversation_id, dialect=dialect.name, due_at=now + delay
+            )
+            return
+        # Due now: queued already claimed by this process, and deleted by this process at
+        # once, so no cleanup pass has to claim it (one write per reply less at TTL 0). During
+        # shutdown the claim is left to shutdown's final pass, which takes its own claims.
+        await self.store.schedule_claimed_deletion(
+            account.id,
+            conversation_id,
+            dialect=dialect.name,
+            now=now,
+            owner=self.claimer,
+            claim_ttl=self.claim_ttl,
         )
-        if delay <= 0:
-            self._kick()
+        if not self._closing:
+            task = asyncio.get_running_loop().create_task(
+                self._delete_claimed(account, conversation_id, dialect.name),
+                context=contextvars.Context(),  # not counted as the reply's calls
+            )
+            self._deleting.add(task)
+            task.add_done_callback(self._deleting.discard)
+
+    async def _delete_claimed(
+        self, account: Account, conversation_id: str, dialect_name: str
+    ) -> None:
+        async with self._delete_slots:
+            await self._delete(account.id, conversation_id, dialect_name, 0, account=account)
 
     async def _hold(self, account_id: str, conversation_id: str, dialect: str | None) -> None:
         """Mark a conversation ours and in use: its deletion is pushed out while a reply runs,
@@ -346,10 +378,8 @@ class ConversationKeeper:
         DELETE, so no other pass or process sharing the store deletes it too. A failed
         deletion is rescheduled with backoff and not retried within the same pass."""
         tried: set[str] = set()
-        slots = asyncio.Semaphore(16)
-
         async def delete(pending: PendingDeletion) -> None:
-            async with slots:
+            async with self._delete_slots:
                 await self._delete(
                     pending.account_id, pending.conversation_id, pending.dialect, pending.attempts
                 )
@@ -374,10 +404,17 @@ class ConversationKeeper:
                 return
 
     async def _delete(
-        self, account_id: str, conversation_id: str, dialect_name: str | None, attempts: int
+        self,
+        account_id: str,
+        conversation_id: str,
+        dialect_name: str | None,
+        attempts: int,
+        *,
+        account: Account | None = None,
     ) -> None:
         dialect = CONNECT if dialect_name == "connect" else LEGACY
-        account = await self.store.get_account(account_id)
+        if account is None:
+            account = await self.store.get_account(account_id)
         try:
             if account is None:
                 raise RemoteProtocolError("account no longer known", status=404)
@@ -440,8 +477,11 @@ class ConversationKeeper:
         self._spare.clear()
         try:
             async with asyncio.timeout(timeout):
-                if running is not None and not running.done():
-                    await asyncio.wait({running})
+                # Running deletions finish (each between its DELETE and `mark_deleted` would
+                # otherwise be taken again by the final pass: a second DELETE, a 404).
+                unfinished = {t for t in (running, *self._deleting) if t and not t.done()}
+                if unfinished:
+                    await asyncio.wait(unfinished)
                 await self.delete_due(everything=True)
         except TimeoutError:
             log.warning("shutdown: some Kimi conversations are left for the next start to delete")

@@ -1,7 +1,8 @@
 """End to end: conversation cleanup under load, through a real mitmproxy against the fake Kimi.
 
-With `conversation_ttl=0` every finished reply asks for a cleanup pass. Each due conversation
-is claimed in the store before its DELETE and one pass runs at a time, so 50 concurrent chats
+With `conversation_ttl=0` every finished reply queues its conversation claimed by this process
+and deletes it at once; anything else due is claimed by a cleanup pass before its DELETE, one
+pass at a time, and a pass skips what this process is deleting already. So 50 concurrent chats
 cost exactly one DELETE per conversation, and the proxy keeps answering meanwhile.
 """
 
@@ -14,7 +15,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from fixtures.fake_kimi import FakeKimi
+from fixtures.fake_kimi import FakeKimi, Fault, Scenario
 from tests.proxy_harness import running_proxy
 from tests.schema_check import assert_valid
 
@@ -141,3 +142,40 @@ async def test_ttl_0_keeps_no_exchange_and_a_pass_claims_once_unless_its_batch_i
         assert claims == 3
         assert keeper.deleted - deleted_before == 5  # unknown to the fake: a 404 counts as gone
         assert await store.due_deletions(keeper.clock()) == []
+
+
+async def test_a_pass_skips_the_conversation_a_reply_is_deleting_already(tmp_path):
+    """A pass takes this process's own claims again (to finish one cut short), so without
+    the in-delete mark the periodic pass would send a second DELETE for a reply's conversation
+    whose first DELETE Kimi is still answering."""
+    async with (
+        FakeKimi(dialect_routes="legacy") as fake,
+        running_proxy(
+            fake.base_url,
+            tmp_path,
+            kimi_dialect="legacy",
+            conversation_ttl=0,
+            precreate_conversations=0,
+        ) as proxy,
+        httpx.AsyncClient(timeout=30) as http,
+    ):
+        assert proxy.addon.runtime is not None
+        keeper = proxy.addon.runtime.keeper
+        assert keeper is not None
+        fake.set_scenario(Scenario.of(Fault(kind="delay", match="delete", seconds=0.5)))
+        resp = await http.post(
+            proxy.url + "/v1/chat/completions",
+            json={"model": "kimi", "messages": [{"role": "user", "content": "slow delete"}]},
+            headers={"authorization": f"Bearer {TOKEN}"},
+        )
+        assert resp.status_code == 200, resp.text
+        assert_valid("openai.response", resp.json())
+        (chat,) = {r.path.split("/")[3] for r in fake.record.calls("completion")}
+        while not fake.record.calls("delete"):
+            await asyncio.sleep(0.01)
+        await keeper.delete_due(everything=True)  # while Kimi still answers the first DELETE
+        while fake.record.conversations[chat].deleted_at is None:
+            await asyncio.sleep(0.02)
+        assert keeper.deleted == 1
+        assert len(fake.record.calls("delete")) == 1
+        assert not await keeper.store.is_pending(chat)

@@ -147,6 +147,9 @@ class ConversationKeeper:
         self._delete_slots = asyncio.Semaphore(16)
         #: deletions of conversations whose reply just ended (TTL 0); shutdown awaits them
         self._deleting: set[asyncio.Task[None]] = set()
+        #: conversations whose DELETE this process is sending now (a pass takes this process's
+        #: own claims again, so it must skip these)
+        self._in_delete: set[str] = set()
         self.deleted = 0
         self.delete_failures = 0
 
@@ -317,17 +320,27 @@ class ConversationKeeper:
             )
             return
         # Due now: queued already claimed by this process, and deleted by this process at
-        # once, so no cleanup pass has to claim it (one write per reply less at TTL 0). During
-        # shutdown the claim is left to shutdown's final pass, which takes its own claims.
-        await self.store.schedule_claimed_deletion(
-            account.id,
-            conversation_id,
-            dialect=dialect.name,
-            now=now,
-            owner=self.claimer,
-            claim_ttl=self.claim_ttl,
-        )
-        if not self._closing:
+        # once, so no cleanup pass has to claim it (one write per reply less at TTL 0). It is
+        # marked in-delete before the write: a pass of ours (which takes our own claims again)
+        # skips it from the moment the claim exists. During shutdown the claim is left to
+        # shutdown's final pass.
+        delete_here = not self._closing and conversation_id not in self._in_delete
+        if delete_here:
+            self._in_delete.add(conversation_id)
+        try:
+            await self.store.schedule_claimed_deletion(
+                account.id,
+                conversation_id,
+                dialect=dialect.name,
+                now=now,
+                owner=self.claimer,
+                claim_ttl=self.claim_ttl,
+            )
+        except BaseException:
+            if delete_here:
+                self._in_delete.discard(conversation_id)
+            raise
+        if delete_here:
             task = asyncio.get_running_loop().create_task(
                 self._delete_claimed(account, conversation_id, dialect.name),
                 context=contextvars.Context(),  # not counted as the reply's calls
@@ -338,8 +351,11 @@ class ConversationKeeper:
     async def _delete_claimed(
         self, account: Account, conversation_id: str, dialect_name: str
     ) -> None:
-        async with self._delete_slots:
-            await self._delete(account.id, conversation_id, dialect_name, 0, account=account)
+        try:
+            async with self._delete_slots:
+                await self._delete_once(account.id, conversation_id, dialect_name, 0, account)
+        finally:
+            self._in_delete.discard(conversation_id)
 
     async def _hold(self, account_id: str, conversation_id: str, dialect: str | None) -> None:
         """Mark a conversation ours and in use: its deletion is pushed out while a reply runs,
@@ -393,7 +409,11 @@ class ConversationKeeper:
                 due_by=float("inf") if everything else None,
                 limit=limit,
             )
-            batch = [p for p in claimed if p.conversation_id not in tried]
+            batch = [
+                p
+                for p in claimed
+                if p.conversation_id not in tried and p.conversation_id not in self._in_delete
+            ]
             tried.update(p.conversation_id for p in batch)
             await asyncio.gather(*(delete(p) for p in batch))
             # A short batch was everything due. What falls due meanwhile asks for a pass of
@@ -404,13 +424,23 @@ class ConversationKeeper:
                 return
 
     async def _delete(
+        self, account_id: str, conversation_id: str, dialect_name: str | None, attempts: int
+    ) -> None:
+        if conversation_id in self._in_delete:
+            return
+        self._in_delete.add(conversation_id)
+        try:
+            await self._delete_once(account_id, conversation_id, dialect_name, attempts, None)
+        finally:
+            self._in_delete.discard(conversation_id)
+
+    async def _delete_once(
         self,
         account_id: str,
         conversation_id: str,
         dialect_name: str | None,
         attempts: int,
-        *,
-        account: Account | None = None,
+        account: Account | None,
     ) -> None:
         dialect = CONNECT if dialect_name == "connect" else LEGACY
         if account is None:

@@ -36,7 +36,7 @@ from translator import (
 )
 
 from ._body import DEFAULT_MAX_REQUEST_BYTES, read_json
-from ._reply import SSE_HEADERS, json_response
+from ._reply import SSE_HEADERS, SseResponse, json_response
 
 __all__ = ["MessagesReply", "add_messages_routes", "anthropic_credentials"]
 
@@ -94,18 +94,25 @@ class MessagesReply:
     def started(self) -> bool:
         return self._response is not None
 
-    async def _write(self, events: Sequence[dict[str, Any]]) -> web.StreamResponse | None:
+    async def _write(
+        self, events: Sequence[dict[str, Any]], *, last: bool = False
+    ) -> web.StreamResponse | None:
+        """Write `events` (or keep them, for a JSON answer); with `last`, end the stream in the
+        same write."""
         if self._request is None:
             self._events.extend(events)
             return None
         if self._response is None:
             if not events:
                 return None
-            response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+            response = SseResponse(status=200, headers=SSE_HEADERS)
             await response.prepare(self._request)
             self._response = response
-        if events:
-            await self._response.write(b"".join(encode_event(e) for e in events))
+        data = b"".join(encode_event(e) for e in events)
+        if last:
+            await self._response.write_eof(data)
+        elif data:
+            await self._response.write(data)
         return self._response
 
     async def send(self, chunks: list[dict[str, Any]]) -> None:
@@ -121,10 +128,9 @@ class MessagesReply:
     async def finish(self, chunks: list[dict[str, Any]]) -> web.StreamResponse:
         async with self._lock:
             events = self._encoder.feed(chunks) + self._encoder.close()
-            response = await self._write(events)
+            response = await self._write(events, last=True)
             if response is None:  # not a stream: one Message, folded from the same events
                 return json_response(fold_message(self._events))
-            await response.write_eof()
             return response
 
     async def fail(self, err: TranslatorError) -> web.StreamResponse:
@@ -132,8 +138,7 @@ class MessagesReply:
             if self._response is None:
                 return anthropic_error_response(err)
             # Already streaming: Anthropic's in-band `error` event ends the stream.
-            await self._response.write(encode_event(MessagesEncoder.error_event(err)))
-            await self._response.write_eof()
+            await self._response.write_eof(encode_event(MessagesEncoder.error_event(err)))
             return self._response
 
     def note_stop_string(self, text: str) -> None:

@@ -19,7 +19,14 @@ from translator import TranslatorError
 from translator._sse import SSE_DONE, encode_sse, encode_sse_comment
 from translator.chat._fold import fold_completion
 
-__all__ = ["JsonReply", "Reply", "SseReply", "error_response", "json_response"]
+__all__ = [
+    "JsonReply",
+    "Reply",
+    "SseReply",
+    "SseResponse",
+    "error_response",
+    "json_response",
+]
 
 SSE_HEADERS = {
     "content-type": "text/event-stream; charset=utf-8",
@@ -27,6 +34,20 @@ SSE_HEADERS = {
     "cache-control": "no-cache",
     "x-accel-buffering": "no",
 }
+
+
+class SseResponse(web.StreamResponse):
+    """A streamed reply whose status line and headers go out with its first bytes, in one
+    write, and whose last bytes go out with the end of the chunked body (`write_eof(data)`).
+
+    aiohttp sends a `StreamResponse`'s headers at `prepare()` on their own. Each write to
+    mitmproxy is a loopback send, a wake-up and a pass through its HTTP/1 layers, paid per
+    reply: headers and first chunk in one write, last chunk and terminator in another, save
+    two of the ten or so writes a short answer takes (docs/benchmarks.md, fifth round). The
+    client gets the same bytes; a reply prepares only when its first bytes are ready anyway.
+    """
+
+    _send_headers_immediately = False  # aiohttp's opt-in: headers wait for the first write
 
 
 def json_response(obj: Any, status: int = 200) -> web.Response:
@@ -71,7 +92,7 @@ class SseReply:
 
     async def _start(self) -> web.StreamResponse:
         if self._response is None:
-            response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+            response = SseResponse(status=200, headers=SSE_HEADERS)
             await response.prepare(self._request)
             self._response = response
         return self._response
@@ -102,8 +123,7 @@ class SseReply:
     async def finish(self, chunks: list[dict[str, Any]]) -> web.StreamResponse:
         async with self._lock:
             response = await self._start()
-            await response.write(b"".join(encode_sse(c) for c in chunks) + SSE_DONE)
-            await response.write_eof()
+            await response.write_eof(b"".join(encode_sse(c) for c in chunks) + SSE_DONE)
             return response
 
     async def fail(self, err: TranslatorError) -> web.StreamResponse:
@@ -111,8 +131,7 @@ class SseReply:
             if self._response is None:
                 return error_response(err)
             # Already streaming: say so in-band, then end the stream properly.
-            await self._response.write(encode_sse(err.to_openai()) + SSE_DONE)
-            await self._response.write_eof()
+            await self._response.write_eof(encode_sse(err.to_openai()) + SSE_DONE)
             return self._response
 
 

@@ -33,7 +33,7 @@ from translator.responses._stream import ResponsesEncoder, fold_response
 
 from ._body import DEFAULT_MAX_REQUEST_BYTES
 from ._body import read_json as read_body_json
-from ._reply import SSE_HEADERS, error_response, json_response
+from ._reply import SSE_HEADERS, SseResponse, error_response, json_response
 
 __all__ = ["ResponsesService"]
 
@@ -112,13 +112,19 @@ class ResponsesSseReply(_ResponsesReply):
     def started(self) -> bool:
         return self._response is not None
 
-    async def _write(self, events: list[dict[str, Any]]) -> web.StreamResponse:
+    async def _write(
+        self, events: list[dict[str, Any]], *, last: bool = False
+    ) -> web.StreamResponse:
+        """Write `events`; with `last`, end the stream in the same write."""
         if self._response is None:
-            response = web.StreamResponse(status=200, headers=SSE_HEADERS)
+            response = SseResponse(status=200, headers=SSE_HEADERS)
             await response.prepare(self._request)
             self._response = response
-        if events:
-            await self._response.write(b"".join(encode_sse_event(e["type"], e) for e in events))
+        data = b"".join(encode_sse_event(e["type"], e) for e in events)
+        if last:
+            await self._response.write_eof(data)
+        elif data:
+            await self._response.write(data)
         return self._response
 
     async def send(self, chunks: list[dict[str, Any]]) -> None:
@@ -131,8 +137,7 @@ class ResponsesSseReply(_ResponsesReply):
             await self._response.write(encode_sse_comment("keep-alive"))
 
     async def finish(self, chunks: list[dict[str, Any]]) -> web.StreamResponse:
-        response = await self._write(await self._final(chunks))
-        await response.write_eof()
+        response = await self._write(await self._final(chunks), last=True)
         return response
 
     async def fail(self, err: TranslatorError) -> web.StreamResponse:
@@ -140,8 +145,7 @@ class ResponsesSseReply(_ResponsesReply):
         if self._response is None:
             return error_response(err)
         # Already streaming: the Response fails in-band (Responses streams have no [DONE]).
-        response = await self._write(self.encoder.fail(err))
-        await response.write_eof()
+        response = await self._write(self.encoder.fail(err), last=True)
         return response
 
     def reset(self) -> None:

@@ -7,7 +7,9 @@ one raw request of the same kind and validates every chunk or body against schem
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
 
+import httpx
 import pydantic
 import pytest
 
@@ -24,11 +26,25 @@ async def proxy(fake, dialect, tmp_path):
         yield p
 
 
-def chat_model(proxy):
+@pytest.fixture
+async def http() -> AsyncIterator[httpx.AsyncClient]:
+    """The frameworks' HTTP client, closed by the test: a client they make themselves is
+    cached for the process (LangChain and LiteLLM both keep them), so its keep-alive sockets
+    would outlive the proxy and be reported unclosed whenever the garbage collector runs."""
+    async with httpx.AsyncClient(timeout=30) as client:
+        yield client
+
+
+def chat_model(proxy, http):
     from langchain_openai import ChatOpenAI
 
     return ChatOpenAI(
-        model="kimi", base_url=proxy.url + "/v1", api_key=TOKEN, max_retries=0, timeout=30
+        model="kimi",
+        base_url=proxy.url + "/v1",
+        api_key=TOKEN,
+        max_retries=0,
+        timeout=30,
+        http_async_client=http,
     )
 
 
@@ -43,7 +59,7 @@ class Answer(pydantic.BaseModel):
     answer: str
 
 
-async def test_langchain_bind_tools(fake, dialect, proxy):
+async def test_langchain_bind_tools(fake, dialect, proxy, http):
     from langchain_core.messages import HumanMessage, ToolMessage
     from langchain_core.tools import tool
 
@@ -52,7 +68,7 @@ async def test_langchain_bind_tools(fake, dialect, proxy):
         """The weather of a city."""
         return f"sunny in {city}"
 
-    model = chat_model(proxy).bind_tools([get_weather])
+    model = chat_model(proxy, http).bind_tools([get_weather])
     question = HumanMessage("What is the weather? [[scenario:text_then_call]]")
     first = await model.ainvoke([question])
     assert first.content == "Let me check that for you.\n"
@@ -92,10 +108,12 @@ async def test_langchain_bind_tools(fake, dialect, proxy):
         ("json_mode", Answer, None),
     ],
 )
-async def test_langchain_with_structured_output(fake, dialect, proxy, method, schema, expected):
+async def test_langchain_with_structured_output(
+    fake, dialect, proxy, http, method, schema, expected
+):
     from langchain_core.messages import HumanMessage
 
-    model = chat_model(proxy).with_structured_output(schema, method=method)
+    model = chat_model(proxy, http).with_structured_output(schema, method=method)
     result = await model.ainvoke([HumanMessage("Tell me about Ann, as JSON.")])
     if expected is None:
         assert isinstance(result, Answer)
@@ -117,16 +135,20 @@ async def test_langchain_with_structured_output(fake, dialect, proxy, method, sc
     assert body["choices"][0]["message"]["content"] == '{"answer": "x"}'
 
 
-async def test_litellm_with_tools(fake, dialect, proxy, monkeypatch):
+async def test_litellm_with_tools(fake, dialect, proxy, http, monkeypatch):
     # No network: the model cost map is read from the package, never fetched.
     monkeypatch.setenv("LITELLM_LOCAL_MODEL_COST_MAP", "True")
     monkeypatch.setenv("LITELLM_TELEMETRY", "False")
     import litellm
+    import openai
 
     response = await litellm.acompletion(
         model="openai/kimi",
         api_base=proxy.url + "/v1",
         api_key=TOKEN,
+        client=openai.AsyncOpenAI(
+            base_url=proxy.url + "/v1", api_key=TOKEN, max_retries=0, http_client=http
+        ),
         messages=[{"role": "user", "content": "weather? [[scenario:kimi_native]]"}],
         tools=[WEATHER],
         num_retries=0,

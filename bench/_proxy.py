@@ -119,7 +119,13 @@ async def start_proxy(
             ssl.create_default_context(cafile=ca_cert) if ca_cert else True
         )
         try:
-            async with running_proxy(kimi_base_url, workdir, verify=verify, **options) as p:  # type: ignore[arg-type]
+            async with running_proxy(
+                kimi_base_url,
+                workdir,
+                verify=verify,  # type: ignore[arg-type]
+                lean=True,
+                **options,
+            ) as p:
                 yield _InProcess(url=p.url, log=log, addon=p.addon)
         finally:
             log.remove()

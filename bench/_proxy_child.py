@@ -42,7 +42,10 @@ async def serve(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
-    async with running_proxy(args.kimi_base_url, Path(args.dir), verify=verify, **options) as p:
+    # lean: the mitmproxy master `kimi-free-api run` serves with (addon/process/_master.py)
+    async with running_proxy(
+        args.kimi_base_url, Path(args.dir), verify=verify, lean=True, **options
+    ) as p:
         _say("READY " + p.url)
         while True:
             line = (await reader.readline()).decode().strip()

@@ -1,7 +1,9 @@
-"""A real mitmproxy (in-process DumpMaster) with our addon, on an ephemeral loopback port.
+"""A real mitmproxy (in-process) with our addon, on an ephemeral loopback port.
 
-Used by the end-to-end tests and the benchmark. One Master at a time: mitmproxy keeps its
-master in a module global.
+Used by the end-to-end tests and the benchmark. The tests run mitmdump's master (every default
+addon, as `mitmdump -s addon/kimi_proxy.py` has); `lean=True` runs the one `kimi-free-api run`
+serves with (addon/process/_master.py), which is what the benchmark measures. One Master at a
+time: mitmproxy keeps its master in a module global.
 """
 
 from __future__ import annotations
@@ -14,16 +16,18 @@ from pathlib import Path
 from typing import Any
 
 from mitmproxy import options
+from mitmproxy.master import Master
 from mitmproxy.tools.dump import DumpMaster
 
 from addon.kimi_proxy import KimiProxy
+from addon.process._master import proxy_master
 
 
 @dataclass
 class RunningProxy:
     url: str  # e.g. http://127.0.0.1:PORT (reverse mode) — clients use url + "/v1"
     addon: KimiProxy
-    master: DumpMaster
+    master: Master
     regular_url: str | None = None
     confdir: Path | None = None
 
@@ -41,17 +45,19 @@ async def running_proxy(
     regular: bool = False,
     verify: bool | str = True,
     store: Path | None = None,
+    lean: bool = False,
     **opts: Any,
 ) -> AsyncIterator[RunningProxy]:
     confdir = tmp_path / "mitmproxy-conf"
     modes = [f"reverse:{kimi_base_url}@0"]
     if regular:
         modes.append("regular@0")
-    master = DumpMaster(
-        options.Options(listen_host="127.0.0.1", mode=modes, confdir=str(confdir)),
-        with_termlog=False,
-        with_dumper=False,
-    )
+    mitm_options = options.Options(listen_host="127.0.0.1", mode=modes, confdir=str(confdir))
+    master: Master
+    if lean:
+        master = proxy_master(mitm_options, with_termlog=False)
+    else:
+        master = DumpMaster(mitm_options, with_termlog=False, with_dumper=False)
     addon = KimiProxy(verify=verify)
     master.addons.add(addon)
     settings: dict[str, Any] = {

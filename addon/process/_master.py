@@ -33,8 +33,8 @@ SERVING_ADDONS = (
 )
 
 
-def proxy_master(options: Options) -> Master:
-    """A mitmproxy master with `SERVING_ADDONS` and the terminal log; the caller adds ours."""
+def proxy_master(options: Options, *, with_termlog: bool = True) -> Master:
+    """A mitmproxy master with `SERVING_ADDONS` (and the terminal log); the caller adds ours."""
     from mitmproxy.addons import (
         block,
         core,
@@ -48,7 +48,7 @@ def proxy_master(options: Options) -> Master:
     )
     from mitmproxy.master import Master
 
-    master = Master(options, with_termlog=True)
+    master = Master(options, with_termlog=with_termlog)
     # (mitmproxy leaves these constructors and `add` unannotated)
     master.addons.add(  # type: ignore[no-untyped-call]
         core.Core(),

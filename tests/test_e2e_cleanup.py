@@ -24,6 +24,19 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 TOKEN = "rt-cleanup-load-8d2e61c0f4"
 
 
+async def one_chat(http: httpx.AsyncClient, url: str, fake: FakeKimi, text: str) -> str:
+    """One good non-streamed chat; the id of the (only) Kimi conversation it used."""
+    resp = await http.post(
+        url + "/v1/chat/completions",
+        json={"model": "kimi", "messages": [{"role": "user", "content": text}]},
+        headers={"authorization": f"Bearer {TOKEN}"},
+    )
+    assert resp.status_code == 200, resp.text
+    assert_valid("openai.response", resp.json())
+    (chat,) = {r.path.split("/")[3] for r in fake.record.calls("completion")}
+    return chat
+
+
 async def test_fifty_concurrent_chats_with_ttl_0_delete_each_conversation_once(tmp_path):
     # A little latency on every Kimi call keeps DELETEs in flight while other replies finish.
     async with (
@@ -107,14 +120,7 @@ async def test_ttl_0_keeps_no_exchange_and_a_pass_claims_once_unless_its_batch_i
             return found
 
         store.claim_due_deletions = counting  # type: ignore[method-assign]
-        resp = await http.post(
-            proxy.url + "/v1/chat/completions",
-            json={"model": "kimi", "messages": [{"role": "user", "content": "once"}]},
-            headers={"authorization": f"Bearer {TOKEN}"},
-        )
-        assert resp.status_code == 200, resp.text
-        assert_valid("openai.response", resp.json())
-        (chat,) = {r.path.split("/")[3] for r in fake.record.calls("completion")}
+        chat = await one_chat(http, proxy.url, fake, "once")
 
         async def deleted() -> None:
             while fake.record.conversations[chat].deleted_at is None:
@@ -163,14 +169,7 @@ async def test_a_pass_skips_the_conversation_a_reply_is_deleting_already(tmp_pat
         keeper = proxy.addon.runtime.keeper
         assert keeper is not None
         fake.set_scenario(Scenario.of(Fault(kind="delay", match="delete", seconds=0.5)))
-        resp = await http.post(
-            proxy.url + "/v1/chat/completions",
-            json={"model": "kimi", "messages": [{"role": "user", "content": "slow delete"}]},
-            headers={"authorization": f"Bearer {TOKEN}"},
-        )
-        assert resp.status_code == 200, resp.text
-        assert_valid("openai.response", resp.json())
-        (chat,) = {r.path.split("/")[3] for r in fake.record.calls("completion")}
+        chat = await one_chat(http, proxy.url, fake, "slow delete")
         while not fake.record.calls("delete"):
             await asyncio.sleep(0.01)
         await keeper.delete_due(everything=True)  # while Kimi still answers the first DELETE

@@ -4,6 +4,8 @@ mitmproxy as a regular proxy, offline, and nothing but our relay is ever dialled
 from __future__ import annotations
 
 import ssl
+from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -23,23 +25,32 @@ def no_proxy_env(monkeypatch):
         monkeypatch.delenv(name.lower(), raising=False)
 
 
+async def ask_through_interception(proxy_url: str, ca: Path, text: str) -> Any:
+    """The openai SDK with its default base URL (api.openai.com) through the interception proxy
+    at `proxy_url`, trusting mitmproxy's CA `ca`: the completion, validated, echoing `text`."""
+    trust = ssl.create_default_context(cafile=str(ca))
+    http = httpx.AsyncClient(proxy=proxy_url, verify=trust, trust_env=False, timeout=20)
+    async with openai.AsyncOpenAI(
+        api_key="refresh-intercepted", http_client=http, max_retries=0
+    ) as sdk:
+        assert str(sdk.base_url).startswith("https://api.openai.com")
+        completion = await sdk.chat.completions.create(
+            model="gpt-4o", messages=[{"role": "user", "content": text}]
+        )
+    assert_valid("openai.response", completion.to_dict())
+    assert text in (completion.choices[0].message.content or "")
+    return completion
+
+
 async def test_openai_sdk_with_default_base_url_is_answered_by_kimi(tmp_path, no_proxy_env):
     async with (
         FakeKimi() as fake,
         running_proxy(fake.base_url, tmp_path, regular=True, kimi_dialect="legacy") as proxy,
     ):
         assert proxy.regular_url is not None
-        trust = ssl.create_default_context(cafile=str(proxy.ca_cert))
-        http = httpx.AsyncClient(proxy=proxy.regular_url, verify=trust, trust_env=False)
-        async with openai.AsyncOpenAI(
-            api_key="refresh-intercepted", http_client=http, max_retries=0
-        ) as sdk:
-            assert str(sdk.base_url).startswith("https://api.openai.com")
-            completion = await sdk.chat.completions.create(
-                model="gpt-4o", messages=[{"role": "user", "content": "intercepted hello"}]
-            )
-        assert_valid("openai.response", completion.to_dict())
-        assert "intercepted hello" in (completion.choices[0].message.content or "")
+        completion = await ask_through_interception(
+            proxy.regular_url, proxy.ca_cert, "intercepted hello"
+        )
         # The client's name for the model is echoed; Kimi got the default model.
         assert completion.model == "gpt-4o"
         completions = [r for r in fake.record.requests if r.path.endswith("/completion/stream")]

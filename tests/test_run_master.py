@@ -6,17 +6,15 @@ addon it does not load stops it at start with a message that names the option.""
 
 from __future__ import annotations
 
-import ssl
 import subprocess
 
 import httpx
-import openai
 import pytest
 
 from addon.process._master import SERVING_ADDONS, proxy_master
 from fixtures.fake_kimi import FakeKimi
-from tests.schema_check import assert_valid
 from tests.service_process import ROOT, command, free_port, running_service
+from tests.test_e2e_intercept import ask_through_interception, no_proxy_env  # noqa: F401
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(90)]
 
@@ -34,10 +32,8 @@ async def test_run_loads_the_serving_addons_and_the_terminal_log_only():
     assert not {"MapRemote", "ModifyHeaders", "StickyCookie", "Save", "AntiCache"} & set(names)
 
 
-async def test_interception_through_run_answers_the_sdk_and_serves_the_ca(tmp_path, monkeypatch):
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-        monkeypatch.delenv(name.lower(), raising=False)
+@pytest.mark.usefixtures("no_proxy_env")  # the fixture, imported from test_e2e_intercept
+async def test_interception_through_run_answers_the_sdk_and_serves_the_ca(tmp_path):
     intercept = free_port()
     async with FakeKimi() as fake:
         args = ["--kimi-base-url", fake.base_url, "--dialect", "legacy"]
@@ -49,17 +45,7 @@ async def test_interception_through_run_answers_the_sdk_and_serves_the_ca(tmp_pa
                 onboarding = await http.get("http://mitm.it/cert/pem")
             assert onboarding.status_code == 200
             assert onboarding.content == ca.read_bytes()
-            trust = ssl.create_default_context(cafile=str(ca))
-            http = httpx.AsyncClient(proxy=proxy_url, verify=trust, trust_env=False, timeout=20)
-            async with openai.AsyncOpenAI(
-                api_key="refresh-intercepted", http_client=http, max_retries=0
-            ) as sdk:
-                assert str(sdk.base_url).startswith("https://api.openai.com")
-                completion = await sdk.chat.completions.create(
-                    model="gpt-4o", messages=[{"role": "user", "content": "run intercepts"}]
-                )
-            assert_valid("openai.response", completion.to_dict())
-            assert "run intercepts" in (completion.choices[0].message.content or "")
+            await ask_through_interception(proxy_url, ca, "run intercepts")
         assert proxy.process.returncode == 0, proxy.text()
     completions = [r for r in fake.record.requests if r.path.endswith("/completion/stream")]
     assert len(completions) == 1

@@ -130,9 +130,8 @@ class ConversationKeeper:
         self._refilling: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._loop_task: asyncio.Task[None] | None = None
-        #: a cleanup pass is running in this process / one was asked for meanwhile
+        #: a cleanup pass is running in this process
         self._passing = False
-        self._kicked = False
         #: the task running the cleanup pass now, if one does; shutdown lets it finish
         self._pass_task: asyncio.Task[Any] | None = None
         #: set by shutdown: no new passes; the periodic loop ends after its current one
@@ -367,23 +366,15 @@ class ConversationKeeper:
             due_at=self.clock() + max(self.ttl, self.precreate_max_age),
         )
 
-    def _kick(self) -> None:
-        """Ask for a cleanup pass: start one, or let the running one go round once more.
-        At most one pass runs per process: with `--conversation-ttl 0` every finished reply
-        asks for one, and overlapping passes would pile up DELETEs."""
-        self._kicked = True
-        if not self._passing and not self._closing:
-            self._spawn(self._pass())
-
     async def _pass(self) -> None:
+        """One cleanup pass; at most one runs per process (overlapping passes would claim and
+        delete side by side)."""
         if self._passing:
             return
         self._passing = True
         self._pass_task = asyncio.current_task()
         try:
-            while self._kicked:
-                self._kicked = False
-                await self.delete_due()
+            await self.delete_due()
         finally:
             self._passing = False
             self._pass_task = None
@@ -416,10 +407,10 @@ class ConversationKeeper:
             ]
             tried.update(p.conversation_id for p in batch)
             await asyncio.gather(*(delete(p) for p in batch))
-            # A short batch was everything due. What falls due meanwhile asks for a pass of
-            # its own (`_kick`) or waits for the next tick: one claim per pass, not two. At
-            # shutdown a failed deletion is due again at once, so that pass goes on until only
-            # tried ones are left.
+            # A short batch was everything due. What falls due meanwhile waits for the next
+            # tick (a reply's own conversation never does: `release` deletes it): one claim
+            # per pass, not two. At shutdown a failed deletion is due again at once, so that
+            # pass goes on until only tried ones are left.
             if not batch or (len(claimed) < limit and not everything):
                 return
 
@@ -477,7 +468,6 @@ class ConversationKeeper:
         passes = 0
         while True:
             try:
-                self._kicked = True
                 await self._pass()
                 if passes % 600 == 0:
                     # Exchanges outlive nothing: their conversation is gone after the TTL.

@@ -10,6 +10,7 @@ import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -535,3 +536,58 @@ async def test_accounts_whose_token_never_worked_expire_and_are_capped(store):
     ids = {v.id for v in await store.list_accounts()}
     assert ids == {worked.id, config.id, *(a.id for a in more[1:])}  # the 3 newest unproven
     assert (await store.account_for_token(T1, now=200.0)).id == worked.id  # proven ones stay
+
+
+class _WalRace:
+    """A connection whose first `refusals` switches to WAL fail as SQLite fails them when
+    another process switches the same new file at that moment: "database is locked" at once."""
+
+    def __init__(self, connection: sqlite3.Connection, refusals: int) -> None:
+        object.__setattr__(self, "_connection", connection)
+        object.__setattr__(self, "refusals", refusals)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._connection, name)
+
+    def __setattr__(self, name: str, value: object) -> None:
+        setattr(self._connection, name, value)
+
+    def execute(self, sql: str, *args: object) -> sqlite3.Cursor:
+        if sql == "PRAGMA journal_mode = WAL" and self.refusals:
+            object.__setattr__(self, "refusals", self.refusals - 1)
+            exc = sqlite3.OperationalError("database is locked")
+            exc.sqlite_errorcode = sqlite3.SQLITE_BUSY  # type: ignore[attr-defined]
+            raise exc
+        return self._connection.execute(sql, *args)  # type: ignore[arg-type]
+
+
+def _racing_connect(monkeypatch: pytest.MonkeyPatch, refusals: int) -> list[_WalRace]:
+    made: list[_WalRace] = []
+    connect = sqlite3.connect
+
+    def racing(*args: Any, **kwargs: Any) -> _WalRace:
+        made.append(_WalRace(connect(*args, **kwargs), refusals))
+        return made[-1]
+
+    monkeypatch.setattr(sqlite3, "connect", racing)
+    return made
+
+
+async def test_a_new_file_two_workers_open_at_once_is_switched_to_wal_by_both(
+    tmp_path, monkeypatch
+):
+    made = _racing_connect(monkeypatch, refusals=3)
+    store = Store(tmp_path / "racing.db", busy_timeout=5.0)
+    try:
+        assert made[0].refusals == 0  # refused three times, then switched
+        assert store._db.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        account = await store.account_for_token(T1, now=1.0)
+        assert (await store.get_account(account.id)) is not None
+    finally:
+        await store.close()
+
+
+def test_a_file_locked_past_the_busy_timeout_is_a_clear_store_error(tmp_path, monkeypatch):
+    _racing_connect(monkeypatch, refusals=10_000)
+    with pytest.raises(StoreError, match="is not usable: database is locked"):
+        Store(tmp_path / "locked.db", busy_timeout=0.05)

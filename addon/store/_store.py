@@ -24,6 +24,7 @@ import json
 import os
 import secrets
 import sqlite3
+import time
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import cast
@@ -31,7 +32,7 @@ from typing import cast
 from addon.accounts._secrets import constant_time_equal, fingerprint, hash_key, new_salt, redact
 
 from ._admin import AdminMethods
-from ._base import Db, _SqliteDb
+from ._base import Db, _SqliteDb, is_busy
 from ._locks import LockMethods
 from ._meta import MetaMethods
 from ._queues import QueueMethods
@@ -124,7 +125,7 @@ class Store(QueueMethods, LockMethods, ResponseMethods, AdminMethods, MetaMethod
             # happens once, before this process serves anything.
             self._db.execute(f"PRAGMA busy_timeout = {int(busy_timeout * 1000)}")
             self._db.execute("PRAGMA foreign_keys = ON")
-            self._db.execute("PRAGMA journal_mode = WAL")
+            self._wal_mode(busy_timeout)
             self._db.execute("PRAGMA synchronous = NORMAL")
             self._migrate_file()
             row = self._db.execute("SELECT value FROM meta WHERE key = 'salt'").fetchone()
@@ -143,6 +144,21 @@ class Store(QueueMethods, LockMethods, ResponseMethods, AdminMethods, MetaMethod
         self._salt = bytes.fromhex(row["value"])
 
     # -- plumbing ---------------------------------------------------------------------------
+
+    def _wal_mode(self, busy_timeout: float) -> None:
+        """Switch the file to WAL. Two processes opening a new file at once (`--workers N`)
+        both want its exclusive lock for this, and SQLite answers one of them "database is
+        locked" at once instead of calling the busy handler (it would deadlock): so that one
+        tries again, for up to `busy_timeout`. Blocking is fine here: nothing is served yet."""
+        deadline = time.monotonic() + busy_timeout
+        while True:
+            try:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if not is_busy(exc) or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.01)
 
     def _migrate_file(self) -> None:
         db = self._db

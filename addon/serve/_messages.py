@@ -36,7 +36,7 @@ from translator import (
 )
 
 from ._body import DEFAULT_MAX_REQUEST_BYTES, read_json
-from ._reply import SSE_HEADERS, SseResponse, json_response
+from ._reply import SseResponse, json_response
 
 __all__ = ["MessagesReply", "add_messages_routes", "anthropic_credentials"]
 
@@ -84,7 +84,7 @@ class MessagesReply:
         self._input_tokens = input_tokens
         self._encoder = self._new_encoder()
         self._events: list[dict[str, Any]] = []
-        self._response: web.StreamResponse | None = None
+        self._response: SseResponse | None = None
         self._lock = asyncio.Lock()
 
     def _new_encoder(self) -> MessagesEncoder:
@@ -105,14 +105,8 @@ class MessagesReply:
         if self._response is None:
             if not events:
                 return None
-            response = SseResponse(status=200, headers=SSE_HEADERS)
-            await response.prepare(self._request)
-            self._response = response
-        data = b"".join(encode_event(e) for e in events)
-        if last:
-            await self._response.write_eof(data)
-        elif data:
-            await self._response.write(data)
+            self._response = await SseResponse.start(self._request)
+        await self._response.send(b"".join(encode_event(e) for e in events), last=last)
         return self._response
 
     async def send(self, chunks: list[dict[str, Any]]) -> None:

@@ -49,6 +49,20 @@ class SseResponse(web.StreamResponse):
 
     _send_headers_immediately = False  # aiohttp's opt-in: headers wait for the first write
 
+    @classmethod
+    async def start(cls, request: web.Request) -> SseResponse:
+        """A 200 event stream for `request`, prepared (its headers wait for its first bytes)."""
+        response = cls(status=200, headers=SSE_HEADERS)
+        await response.prepare(request)
+        return response
+
+    async def send(self, data: bytes, *, last: bool = False) -> None:
+        """Write `data`; with `last`, end the stream in the same write."""
+        if last:
+            await self.write_eof(data)
+        elif data:
+            await self.write(data)
+
 
 def json_response(obj: Any, status: int = 200) -> web.Response:
     return web.Response(
@@ -83,18 +97,16 @@ class SseReply:
 
     def __init__(self, request: web.Request) -> None:
         self._request = request
-        self._response: web.StreamResponse | None = None
+        self._response: SseResponse | None = None
         self._lock = asyncio.Lock()
 
     @property
     def started(self) -> bool:
         return self._response is not None
 
-    async def _start(self) -> web.StreamResponse:
+    async def _start(self) -> SseResponse:
         if self._response is None:
-            response = SseResponse(status=200, headers=SSE_HEADERS)
-            await response.prepare(self._request)
-            self._response = response
+            self._response = await SseResponse.start(self._request)
         return self._response
 
     async def send(self, chunks: list[dict[str, Any]]) -> None:
@@ -123,7 +135,7 @@ class SseReply:
     async def finish(self, chunks: list[dict[str, Any]]) -> web.StreamResponse:
         async with self._lock:
             response = await self._start()
-            await response.write_eof(b"".join(encode_sse(c) for c in chunks) + SSE_DONE)
+            await response.send(b"".join(encode_sse(c) for c in chunks) + SSE_DONE, last=True)
             return response
 
     async def fail(self, err: TranslatorError) -> web.StreamResponse:
@@ -131,7 +143,7 @@ class SseReply:
             if self._response is None:
                 return error_response(err)
             # Already streaming: say so in-band, then end the stream properly.
-            await self._response.write_eof(encode_sse(err.to_openai()) + SSE_DONE)
+            await self._response.send(encode_sse(err.to_openai()) + SSE_DONE, last=True)
             return self._response
 
 

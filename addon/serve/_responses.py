@@ -33,7 +33,7 @@ from translator.responses._stream import ResponsesEncoder, fold_response
 
 from ._body import DEFAULT_MAX_REQUEST_BYTES
 from ._body import read_json as read_body_json
-from ._reply import SSE_HEADERS, SseResponse, error_response, json_response
+from ._reply import SseResponse, error_response, json_response
 
 __all__ = ["ResponsesService"]
 
@@ -106,7 +106,7 @@ class ResponsesSseReply(_ResponsesReply):
     def __init__(self, request: web.Request, plan: ResponsesPlan, **kw: Any) -> None:
         super().__init__(plan, **kw)
         self._request = request
-        self._response: web.StreamResponse | None = None
+        self._response: SseResponse | None = None
 
     @property
     def started(self) -> bool:
@@ -117,14 +117,9 @@ class ResponsesSseReply(_ResponsesReply):
     ) -> web.StreamResponse:
         """Write `events`; with `last`, end the stream in the same write."""
         if self._response is None:
-            response = SseResponse(status=200, headers=SSE_HEADERS)
-            await response.prepare(self._request)
-            self._response = response
+            self._response = await SseResponse.start(self._request)
         data = b"".join(encode_sse_event(e["type"], e) for e in events)
-        if last:
-            await self._response.write_eof(data)
-        elif data:
-            await self._response.write(data)
+        await self._response.send(data, last=last)
         return self._response
 
     async def send(self, chunks: list[dict[str, Any]]) -> None:
